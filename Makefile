@@ -1,0 +1,70 @@
+# Two commands: `make course` (JupyterLab on the notebooks) and `make test` (the whole test suite).
+# Both create the virtual environment in .venv on first use (about 2-3 minutes, then cached).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# OpenMP busy-waiting makes two torch processes on a 2-core laptop 6-12x slower: set before torch starts.
+export OMP_WAIT_POLICY := PASSIVE
+export PYTHONDONTWRITEBYTECODE := 1
+# Offline unless the user allows downloads with COURSE_ONLINE=1.
+ifneq ($(COURSE_ONLINE),1)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+endif
+# Headless runs: fast configs, no progress bars, widgets drawn once.
+HEADLESS_ENV := COURSE_FAST=1 COURSE_HEADLESS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+
+.PHONY: help install course test test-unit test-notebooks html outputs benchmark lock clean
+
+help:
+	@echo "make course     - open JupyterLab on notebooks/ (offline, course models)"
+	@echo "make test       - unit + parity tests and every notebook under nbval (offline, fast mode)"
+	@echo "make html       - execute every notebook headlessly into build/html/ (for publishing)"
+	@echo "make outputs    - re-execute the notebooks in place (fast mode) to refresh stored outputs"
+	@echo "make benchmark  - timings, memory and model quality into build/benchmark.md"
+	@echo "make install    - only create/update the virtual environment in $(VENV)"
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 is required"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+course: $(STAMP)
+	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=notebooks
+
+test: $(STAMP)
+	$(HEADLESS_ENV) $(BIN)/python -m pytest -q
+
+test-unit: $(STAMP)
+	$(HEADLESS_ENV) $(BIN)/python -m pytest -q tests
+
+test-notebooks: $(STAMP)
+	$(HEADLESS_ENV) $(BIN)/python -m pytest -q notebooks
+
+html: $(STAMP)
+	mkdir -p build/html
+	COURSE_HEADLESS=1 HF_HUB_OFFLINE=1 $(BIN)/jupyter nbconvert --to html --execute \
+		--ExecutePreprocessor.timeout=1800 --output-dir build/html $(NOTEBOOKS)
+
+outputs: $(STAMP)
+	$(HEADLESS_ENV) $(BIN)/python scripts/execute_notebooks.py $(NOTEBOOKS)
+
+benchmark: $(STAMP)
+	mkdir -p build
+	$(HEADLESS_ENV) $(BIN)/python -m benchmarks --output build/benchmark.md
+
+lock: $(STAMP)
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^course-utils' > constraints.txt.new
+	(head -n 2 constraints.txt; cat constraints.txt.new) > constraints.txt.tmp && rm constraints.txt.new && mv constraints.txt.tmp constraints.txt
+
+clean:
+	rm -rf build .pytest_cache
+	find . -name __pycache__ -prune -not -path "./$(VENV)/*" -exec rm -rf {} +

@@ -1,0 +1,55 @@
+import time
+
+import pytest
+
+from course_utils import hub
+
+
+def test_unknown_name_lists_the_known_ones():
+    with pytest.raises(ValueError, match="known names: .*course/clip-shapes.*openai/clip-vit-base-patch32"):
+        hub.resolve("openai/clip-vit-huge")
+
+
+def test_offline_falls_back_quickly_and_says_so(monkeypatch, capsys, tmp_path):
+    # a stand-in checkpoint in a temporary data/models
+    monkeypatch.setattr(hub, "MODELS_DIR", tmp_path)
+    (tmp_path / "clip-shapes").mkdir()
+    (tmp_path / "clip-shapes" / "config.json").write_text("{}")
+    monkeypatch.setenv("COURSE_ONLINE", "0")
+    t0 = time.perf_counter()
+    path = hub.resolve("openai/clip-vit-base-patch32")
+    assert time.perf_counter() - t0 < 2.0
+    assert path == str(tmp_path / "clip-shapes") and hub.is_course_path(path)
+    assert "COURSE_ONLINE=1" in capsys.readouterr().out
+    with pytest.raises(RuntimeError, match="needs a download"):
+        hub.resolve("openai/clip-vit-base-patch32", allow_fallback=False)
+
+
+def test_online_without_network_never_hangs(monkeypatch, tmp_path):
+    monkeypatch.setattr(hub, "MODELS_DIR", tmp_path)
+    (tmp_path / "clip-shapes").mkdir()
+    (tmp_path / "clip-shapes" / "config.json").write_text("{}")
+    # an address that swallows packets: the check must give up after the timeout
+    monkeypatch.setattr(hub, "HUB_HOST", "10.255.255.1")
+    t0 = time.perf_counter()
+    path = hub.resolve("openai/clip-vit-base-patch32", online=True, timeout=0.5, verbose=False)
+    assert time.perf_counter() - t0 < 2.0
+    assert path.endswith("clip-shapes")
+
+
+def test_online_and_reachable_returns_the_hub_id(monkeypatch):
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=2.0, host=None: True)
+    assert hub.resolve("facebook/DiT-XL-2-256", online=True, verbose=False) == "facebook/DiT-XL-2-256"
+
+
+def test_missing_course_checkpoint_says_how_to_make_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(hub, "MODELS_DIR", tmp_path)
+    with pytest.raises(RuntimeError, match=r"notebook 01 .*scripts/train_clip.py"):
+        hub.resolve("course/clip-shapes")
+
+
+def test_every_hub_model_has_a_registered_stand_in():
+    for name, entry in hub.HUB_MODELS.items():
+        assert entry.stand_in in hub.COURSE_MODELS, name
+    rows = hub.table()
+    assert len(rows) == len(hub.COURSE_MODELS) + len(hub.HUB_MODELS)
