@@ -2,6 +2,7 @@
 boxes drawn over a scene, heatmaps for similarity / attention / mask matrices."""
 from __future__ import annotations
 
+import textwrap
 from typing import Sequence
 
 import numpy as np
@@ -49,7 +50,9 @@ def show_images(images: Sequence, captions: Sequence[str] | None = None, ncols: 
         arr = to_numpy_image(images[k])
         ax.imshow(arr, cmap=cmap or ("gray" if arr.ndim == 2 else None))
         if captions is not None:
-            ax.set_title(captions[k], fontsize=fontsize, wrap=True)
+            # wrap long captions to the panel's width (about 14 characters per inch at size 8)
+            width = max(8, int(size * 14 * 8 / fontsize))
+            ax.set_title(textwrap.fill(str(captions[k]), width), fontsize=fontsize)
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()
