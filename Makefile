@@ -40,7 +40,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 course: $(STAMP)
-	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=notebooks
+	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 test: $(STAMP)
 	$(HEADLESS_ENV) $(BIN)/python -m pytest -q

@@ -208,6 +208,7 @@ def _signed_distance(shape: str, px: np.ndarray, py: np.ndarray, cx: float, cy: 
 
 
 _GRID_CACHE: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+_COLOR_ARRAYS = {name: np.asarray(rgb, dtype=np.float32) for name, rgb in COLORS.items()}
 
 
 def _pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -233,7 +234,7 @@ def render_objects(objects: Sequence[ShapeObject], size: int = 32,
         # coverage = clip(0.5 - d, 0, 1): a one-pixel-wide ramp across the edge
         alpha = np.clip(0.5 - sd, 0.0, 1.0)[..., None]
         patch = img[y0:y1, x0:x1]
-        img[y0:y1, x0:x1] = patch + alpha * (np.asarray(COLORS[o.color], dtype=np.float32) - patch)
+        img[y0:y1, x0:x1] = patch + alpha * (_COLOR_ARRAYS[o.color] - patch)
     return np.round(img).astype(np.uint8)
 
 
@@ -261,6 +262,16 @@ def _check_names(color: str | None, shape: str | None, size: str | None) -> None
 
 
 _CENTER_STEPS = np.linspace(0.0, 1.0, 25)
+_CENTERS_CACHE: dict[float, tuple[np.ndarray, list[float]]] = {}
+
+
+def _centers(h: float) -> tuple[np.ndarray, list[float]]:
+    """Candidate center coordinates for an object of half-size ``h`` (a 25-point grid per axis)."""
+    if h not in _CENTERS_CACHE:
+        lo, hi = h + MARGIN, 1.0 - h - MARGIN
+        xs = lo + _CENTER_STEPS * (hi - lo)
+        _CENTERS_CACHE[h] = (xs, [round(float(x), 4) for x in xs])
+    return _CENTERS_CACHE[h]
 
 
 def _place(halves: Sequence[float], rng: random.Random, fixed: Sequence[tuple[float, float] | None]):
@@ -276,9 +287,13 @@ def _place(halves: Sequence[float], rng: random.Random, fixed: Sequence[tuple[fl
                 raise ValueError(f"the object centered at ({cx}, {cy}) overlaps another one")
             placed.append((cx, cy, h))
             continue
-        lo, hi = h + MARGIN, 1.0 - h - MARGIN
-        xs = lo + _CENTER_STEPS * (hi - lo)
-        ok = np.ones((len(xs), len(xs)), dtype=bool)  # [iy, ix]
+        xs, xs_rounded = _centers(h)
+        n = len(xs)
+        if not placed:  # every grid point is free
+            k = rng.randrange(n * n)
+            placed.append((xs_rounded[k % n], xs_rounded[k // n], h))
+            continue
+        ok = np.ones((n, n), dtype=bool)  # [iy, ix]
         for qx, qy, qh in placed:
             # boxes are disjoint iff they are separated along x or along y (max-norm distance)
             far_x = np.abs(xs - qx) >= h + qh + MARGIN
@@ -288,7 +303,7 @@ def _place(halves: Sequence[float], rng: random.Random, fixed: Sequence[tuple[fl
         if free.size == 0:
             return None
         k = int(free[rng.randrange(free.size)])
-        placed.append((round(float(xs[k % len(xs)]), 4), round(float(xs[k // len(xs)]), 4), h))
+        placed.append((xs_rounded[k % n], xs_rounded[k // n], h))
     return [(cx, cy) for cx, cy, _ in placed]
 
 
