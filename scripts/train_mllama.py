@@ -1,0 +1,67 @@
+"""Train the course's tiny Llama 3.2 Vision (``course/mllama-shapes``, notebook 05) on Shapes World.
+
+A ``MllamaForConditionalGeneration`` whose text layers are the frozen ``course/llama-tiny`` and whose
+adapter -- a tiny Mllama vision encoder, the projector and tanh-gated cross-attention layers (gates
+at zero at the start) -- learns to answer questions the text alone cannot: the color of a named
+shape, whether an object is there, how many objects there are. Saved with ``save_pretrained`` together
+with its ``MllamaProcessor`` (image processor + tokenizer), so
+``MllamaForConditionalGeneration.from_pretrained(hub.resolve("meta-llama/Llama-3.2-11B-Vision-Instruct"))``
+loads it offline. Needs ``data/models/llama-tiny`` (``python scripts/train_llama.py``).
+
+    python scripts/train_mllama.py            # ~10 min on a shared 2-core CPU (2,500 steps)
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from transformers import AutoTokenizer, LlamaForCausalLM, MllamaImageProcessor, MllamaProcessor
+
+import course_utils
+from course_utils import hub, llama as L
+
+OUT = course_utils.DATA_DIR / "models" / "mllama-shapes"
+KINDS = ("color", "existence", "count")
+
+
+def build_processor(tokenizer) -> MllamaProcessor:
+    image_processor = MllamaImageProcessor(size={"height": 32, "width": 32}, max_image_tiles=1)
+    return MllamaProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--steps", type=int, default=2500)
+    ap.add_argument("--scenes", type=int, default=8000)
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args(argv)
+    course_utils.setup(seed=0)
+    path = hub.resolve("course/llama-tiny")
+    tok = AutoTokenizer.from_pretrained(path)
+    llama = LlamaForCausalLM.from_pretrained(path)
+    proc = build_processor(tok)
+    model = L.mllama_from_llama(llama, tok, every=2)
+    train = L.ShapesVQA("train", args.scenes, tok, proc.image_processor, KINDS)
+    test = L.ShapesVQA("test", 500, tok, proc.image_processor, KINDS)
+    print(f"{len(train)} training questions; trainable parameters "
+          f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,} of {sum(p.numel() for p in model.parameters()):,}")
+    t0 = time.perf_counter()
+    hist, gates = L.train_mllama_vqa(model, train, args.steps, log_gates_every=100)
+    for step, g in gates:
+        print(f"step {step:5d}  gates attn {[round(x, 3) for x in g['attn']]}  mlp {[round(x, 3) for x in g['mlp']]}")
+    print(f"trained {args.steps} steps in {time.perf_counter() - t0:.0f} s; last loss {hist.mean(50):.4f}")
+    print("test, with image:", {k: round(v, 3) for k, v in L.vqa_accuracy(model, test).items()})
+    print("test, text only: ", {k: round(v, 3) for k, v in L.vqa_accuracy(model, test, image=False).items()})
+    for p in model.parameters():
+        p.requires_grad_(True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(args.out)
+    proc.save_pretrained(args.out)
+    print(f"saved to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
