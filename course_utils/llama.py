@@ -533,14 +533,20 @@ def vqa_prompt(question: str, image: bool = True) -> str:
 # --------------------------------------------------------------------------------------------
 # A tiny Llama 3.2 Vision (transformers' Mllama) on Shapes World (notebook 05, scripts/train_mllama.py)
 # --------------------------------------------------------------------------------------------
-def tiny_mllama_config(text_config, tokenizer, every: int = 2, image_size: int = 32, patch_size: int = 8):
-    """``MllamaConfig``: a tiny Mllama vision encoder (one tile of ``image_size`` px) and the text sizes
-    of ``text_config`` (a ``LlamaConfig``) with a cross-attention layer before every ``every``-th text layer."""
+def tiny_mllama_config(text_config, tokenizer, every: int = 2, image_size: int = 32, patch_size: int = 8,
+                       vision_width: int = 64, vision_layers: int = 2):
+    """``MllamaConfig``: a tiny Mllama vision encoder (one tile of ``image_size`` px cut in ``patch_size`` px
+    patches, ``vision_layers`` local layers of width ``vision_width`` + one gated global layer) and the text
+    sizes of ``text_config`` (a ``LlamaConfig``) with a cross-attention layer before every ``every``-th text layer."""
     from transformers import MllamaConfig
 
-    vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_global_layers=1, attention_heads=4,
-                  image_size=image_size, patch_size=patch_size, max_num_tiles=1, intermediate_layers_indices=[1],
-                  vision_output_dim=128, supported_aspect_ratios=[[1, 1]], num_channels=3)
+    if image_size % patch_size:
+        raise ValueError(f"image_size ({image_size}) must be a multiple of patch_size ({patch_size})")
+    # the vision output concatenates the last hidden state and one intermediate layer's: 2 * vision_width
+    vision = dict(hidden_size=vision_width, intermediate_size=2 * vision_width, num_hidden_layers=vision_layers,
+                  num_global_layers=1, attention_heads=4, image_size=image_size, patch_size=patch_size,
+                  max_num_tiles=1, intermediate_layers_indices=[vision_layers - 1],
+                  vision_output_dim=2 * vision_width, supported_aspect_ratios=[[1, 1]], num_channels=3)
     n_text = text_config.num_hidden_layers
     cross = cross_attention_layer_indices(n_text, every)
     rope = getattr(text_config, "rope_parameters", None) or {"rope_type": "default", "rope_theta": LLAMA3_THETA}
@@ -555,15 +561,17 @@ def tiny_mllama_config(text_config, tokenizer, every: int = 2, image_size: int =
                         image_token_index=tokenizer.convert_tokens_to_ids("<|image|>"))
 
 
-def mllama_from_llama(llama, tokenizer, every: int = 2, freeze_text: bool = True):
+def mllama_from_llama(llama, tokenizer, every: int = 2, freeze_text: bool = True, **vision_kwargs):
     """A ``MllamaForConditionalGeneration`` whose text layers are ``llama``'s (a ``LlamaForCausalLM``).
 
     The cross-attention layers, vision encoder and projector are new (gates at zero); with
     ``freeze_text`` only they train, as in Llama 3.2 Vision where the language model stays frozen.
+    ``vision_kwargs`` (``image_size``, ``patch_size``, ``vision_width``, ``vision_layers``) go to
+    ``tiny_mllama_config``.
     """
     from transformers import MllamaForConditionalGeneration
 
-    cfg = tiny_mllama_config(llama.config, tokenizer, every)
+    cfg = tiny_mllama_config(llama.config, tokenizer, every, **vision_kwargs)
     model = MllamaForConditionalGeneration._from_config(cfg, attn_implementation="sdpa")
     cross = cfg.text_config.cross_attention_layers
     text_idx = [j for j in range(cfg.text_config.num_hidden_layers) if j not in cross]

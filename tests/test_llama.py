@@ -272,3 +272,31 @@ def test_shipped_llama_tiny_equals_course_llama():
         assert torch.allclose(mine.double()(ids), hf.double()(ids).logits, atol=1e-10)
     assert math.isclose(sum(p.numel() for p in hf.parameters()),
                         L.count_parameters(4, 64, 176, 4, 2, len(tok)))
+
+
+def test_tiny_mllama_config_vision_sizes():
+    from transformers import LlamaConfig
+
+    tok = L.shapes_tokenizer(n_scenes=300)
+    text = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=176, num_hidden_layers=4,
+                       num_attention_heads=4, num_key_value_heads=2)
+    cfg = L.tiny_mllama_config(text, tok, every=1, patch_size=4, vision_width=32, vision_layers=3)
+    assert cfg.text_config.cross_attention_layers == L.cross_attention_layer_indices(4, 1)
+    assert cfg.text_config.num_hidden_layers == 4 + len(cfg.text_config.cross_attention_layers)
+    assert (cfg.vision_config.hidden_size, cfg.vision_config.vision_output_dim) == (32, 64)
+    assert cfg.vision_config.intermediate_layers_indices == [2]
+    assert (cfg.vision_config.image_size // cfg.vision_config.patch_size) ** 2 == 64  # 64 image tokens (+ CLS)
+    with pytest.raises(ValueError, match="multiple of patch_size"):
+        L.tiny_mllama_config(text, tok, patch_size=5)
+
+
+def test_shipped_mllama_reads_the_image():
+    from transformers import MllamaForConditionalGeneration, MllamaProcessor
+
+    path = hub.resolve("course/mllama-shapes")
+    model = MllamaForConditionalGeneration.from_pretrained(path).eval()
+    proc = MllamaProcessor.from_pretrained(path)
+    assert max(abs(g) for g in L.mllama_gates(model)["attn"]) > 0.05  # trained: gates left zero
+    data = L.ShapesVQA("test", 60, proc.tokenizer, proc.image_processor, ("color",))
+    acc_img, acc_txt = L.vqa_accuracy(model, data)["color"], L.vqa_accuracy(model, data, image=False)["color"]
+    assert acc_img > acc_txt + 0.2  # the color of a named shape cannot be known from the text alone
