@@ -433,6 +433,90 @@ def load_course_clip(name: str = "course/clip-shapes"):
 
 
 # ============================================================================================
+# Text augmentation at several granularities (scripts/train_clip.py, notebook 01)
+# ============================================================================================
+PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "cross": "crosses"}
+# Phrasings for a partial description; "{}" is "circle", "red shape" or "red circle".
+PARTIAL_TEMPLATES: tuple[str, ...] = ("a {}.", "{}.", "one {}.", "a single {}.") + TEMPLATES
+
+
+PARTIAL_KINDS = ("shape", "color", "shape+color", "counts", "colors")
+
+
+def partial_captions(objects, n: int, seed: int, return_kinds: bool = False):
+    """``n`` partial descriptions of a Shapes World scene built from ``scene.objects`` (training
+    text augmentation, notebook 01): the full captions almost always attach a color to the shape,
+    so a text naming only the shape ("a photo of a circle.") or only the color ("a red shape.") is
+    out of the text tower's training distribution unless we add such texts.
+
+    One object: the shape only ("a circle.", "a photo of a square."; 1/2), the color only
+    ("a red shape.", "a red object."; 1/4) or color and shape ("a drawing of a red circle."; 1/4).
+    Several objects: the shapes with their counts ("a circle and two squares."; 2/3) or the colors
+    ("red and blue shapes."; 1/3). Deterministic given ``seed``. With ``return_kinds``, also the
+    kind of each text (an entry of ``PARTIAL_KINDS``): which other scenes it describes as well.
+    """
+    import random
+
+    from . import shapes
+
+    if not objects:
+        raise ValueError("partial_captions needs a scene with at least one object")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    rng = random.Random(seed)
+    out, kinds = [], []
+    for _ in range(n):
+        if len(objects) == 1:
+            o = objects[0]
+            kind = rng.choice(("shape", "shape", "color", "shape+color"))
+            if kind == "shape":
+                out.append(rng.choice(PARTIAL_TEMPLATES).format(o.shape))
+            elif kind == "color":
+                noun = rng.choice(("shape", "shape", "object", "figure"))
+                out.append(rng.choice(PARTIAL_TEMPLATES).format(f"{o.color} {noun}"))
+            else:
+                out.append(rng.choice(PARTIAL_TEMPLATES).format(f"{o.color} {o.shape}"))
+            kinds.append(kind)
+            continue
+        kinds.append("counts" if rng.random() < 2 / 3 else "colors")
+        if kinds[-1] == "counts":  # shapes with counts, colors ignored
+            counts = {}
+            for o in objects:
+                counts[o.shape] = counts.get(o.shape, 0) + 1
+            parts = [("a " + sh) if k == 1 else f"{shapes.NUMBER_WORDS[k]} {PLURALS[sh]}"
+                     for sh, k in rng.sample(list(counts.items()), len(counts))]
+        else:  # colors, shapes ignored
+            colors = list(dict.fromkeys(o.color for o in objects))
+            parts = rng.sample(colors, len(colors))
+            parts[-1] += " " + rng.choice(shapes.OBJECT_NOUNS)
+        text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+        out.append(text + ".")
+    return (out, kinds) if return_kinds else out
+
+
+def clip_loss_multi_positive(image_features: torch.Tensor, text_features: torch.Tensor,
+                             logit_scale: torch.Tensor | float, positives: torch.Tensor) -> torch.Tensor:
+    """``clip_loss`` when a text may describe several images of the batch (partial descriptions,
+    "a circle.", in scripts/train_clip.py; notebook 01): ``positives[i, j]`` says text j describes
+    image i (the diagonal must be true). Each row's (and column's) cross-entropy uses as target the
+    uniform distribution over its positives (as in UniCL); with ``positives = I`` it is ``clip_loss``.
+    """
+    _check_2d("image_features", image_features)
+    _check_same_shape("image_features", image_features, "text_features", text_features)
+    n = image_features.shape[0]
+    if positives.shape != (n, n) or not bool(positives.diagonal().all()):
+        raise ValueError(f"positives must be a ({n}, {n}) boolean matrix with a true diagonal, "
+                         f"got shape {tuple(positives.shape)}")
+    # S_ij = s <I_i, T_j>
+    logits = logit_scale * image_features @ text_features.T  # (N, N)
+    p = positives.to(logits.dtype)
+    # image -> text: targets uniform over the positives of row i; text -> image: of column j
+    loss_i2t = -(p / p.sum(1, keepdim=True) * logits.log_softmax(dim=1)).sum(1).mean()
+    loss_t2i = -(p / p.sum(0, keepdim=True) * logits.log_softmax(dim=0)).sum(0).mean()
+    return (loss_i2t + loss_t2i) / 2
+
+
+# ============================================================================================
 # Measuring the course CLIP on held-out Shapes World scenes (notebook 01, benchmarks/bench_clip.py)
 # ============================================================================================
 def class_prompts(task: str) -> tuple[list[str], list[str]]:
@@ -525,9 +609,11 @@ def existence_retrieval(model, tokenizer, scenes, templates: Sequence[str] = ("i
 @torch.no_grad()
 def retrieval_recall(model, tokenizer, scenes, caption_index: int | None = None, seed: int = 0) -> dict:
     """Image->text and text->image R@1 over ``len(scenes)`` scene/caption pairs (one caption per
-    scene, drawn with ``seed`` unless ``caption_index`` fixes it). A hit is the exact partner; a
-    caption shared word for word by several scenes (e.g. "A small blue square.") counts as a miss
-    unless it is the partner, so 100% is not always reachable."""
+    scene, drawn with ``seed`` unless ``caption_index`` fixes it). ``*_r1``: a hit is the exact
+    partner; a caption shared word for word by several scenes (e.g. "A small blue square.") counts
+    as a miss unless it is the partner, so 100% is not always reachable. ``*_r1_dup_hits``: a
+    retrieved item whose caption is word for word the partner's caption also counts as a hit.
+    ``n_duplicated``: how many of the captions are shared by more than one scene."""
     import random
 
     rng = random.Random(seed)
@@ -538,4 +624,11 @@ def retrieval_recall(model, tokenizer, scenes, caption_index: int | None = None,
     target = torch.arange(len(scenes))
     i2t = (sim.argmax(dim=1) == target).float().mean().item()
     t2i = (sim.argmax(dim=0) == target).float().mean().item()
-    return {"image_to_text_r1": i2t, "text_to_image_r1": t2i, "captions": caps}
+    # duplicates counted as hits: caption ids, equal for word-for-word equal captions
+    cid = {c: k for k, c in enumerate(dict.fromkeys(caps))}
+    cap_id = torch.tensor([cid[c] for c in caps])  # (N,)
+    i2t_dup = (cap_id[sim.argmax(dim=1)] == cap_id).float().mean().item()
+    t2i_dup = (cap_id[sim.argmax(dim=0)] == cap_id).float().mean().item()
+    n_dup = sum(caps.count(c) > 1 for c in caps)
+    return {"image_to_text_r1": i2t, "text_to_image_r1": t2i, "image_to_text_r1_dup_hits": i2t_dup,
+            "text_to_image_r1_dup_hits": t2i_dup, "n_duplicated": n_dup, "captions": caps}
