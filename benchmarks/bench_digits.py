@@ -1,7 +1,8 @@
 """Digits DiT / rectified flow (notebooks 09-10): sample quality on held-out digits and speed vs diffusers.
 
 Quality: class-consistency (the course classifier's agreement with the requested class) and
-diversity (within-class mean pairwise distance of samples / that of the real test digits), over
+diversity (within-class mean pairwise distance of samples / that of the real test digits) and the
+energy distance of the samples to the real test digits (64-d pixels; lower is closer), over
 Euler steps x guidance for the logit-normal model (shipped ``course/dit-digits``), the uniform-t
 model trained with the same compute, and the 2-RF (reflow) model. Speed: the course ``DiT`` vs
 diffusers' ``DiTTransformer2DModel`` with the same weights.
@@ -12,7 +13,7 @@ import time
 
 import torch
 
-from course_utils import dit, hub
+from course_utils import dit, flow, hub
 from course_utils.data import load_digits
 
 MODELS = (("logit-normal (1-RF, shipped)", "course/dit-digits"), ("uniform (1-RF)", "course/dit-digits-uniform"),
@@ -42,7 +43,8 @@ def run(fast: bool = True) -> dict:
     means = torch.stack([x_train[y_train == k].mean(0) for k in range(10)])[labels]
     rows.append({"model": "blurry class means", "steps": "", "guidance": "",
                  "class-consistency": round(dit.class_consistency(clf, means, labels), 4),
-                 "diversity": round(dit.diversity_ratio(means, labels, x_test, y_test), 4)})
+                 "diversity": round(dit.diversity_ratio(means, labels, x_test, y_test), 4),
+                 "energy dist.": round(flow.energy_distance(means, x_test), 4)})
     nets = {}
     skipped = []
     for name, hub_name in MODELS:
@@ -57,7 +59,8 @@ def run(fast: bool = True) -> dict:
                 s = dit.sample_digits(net, labels, steps, w, noise=noise)
                 rows.append({"model": name, "steps": steps, "guidance": w,
                              "class-consistency": round(dit.class_consistency(clf, s, labels), 4),
-                             "diversity": round(dit.diversity_ratio(s, labels, x_test, y_test), 4)})
+                             "diversity": round(dit.diversity_ratio(s, labels, x_test, y_test), 4),
+                             "energy dist.": round(flow.energy_distance(s, x_test), 4)})
     # speed: the same weights in the course DiT and in diffusers
     ref = nets[MODELS[0][0]]
     ours = dit.from_diffusers(ref)
@@ -70,7 +73,9 @@ def run(fast: bool = True) -> dict:
     rows.append({"model": "speed: course DiT forward, batch 256", "ms": round(1000 * t_ours, 2), "max |diff|": err})
     rows.append({"model": "speed: diffusers DiTTransformer2DModel forward, batch 256", "ms": round(1000 * t_ref, 2)})
     notes = (f"{len(labels)} samples per cell ({n_per} per class), same noise for every cell; judge = course CNN "
-             "(digits-classifier), diversity = within-class mean pairwise L2 / that of the 359 real test digits. "
+             "(digits-classifier), diversity = within-class mean pairwise L2 / that of the 359 real test digits, "
+             "energy dist. = energy distance of the samples to the 359 real test digits. The uniform-t model is "
+             "trained with the same recipe, seed and steps as the logit-normal one (equal compute). "
              "guidance w: v = v_uncond + w (v_cond - v_uncond), w = 1 is no guidance. Targets: shipped model at "
              "<= 10 steps: consistency >= 0.98 with w <= 2 and >= 0.97 at w = 1, diversity >= 0.8 at w = 1; "
              "2-RF at 1-2 steps: consistency >= 0.95, diversity >= 0.6. CPU timings, shared machine.")
