@@ -179,14 +179,20 @@ def main() -> None:
         t_stage = time.perf_counter()
         train_classifier(args)
         log(f"stage done in {time.perf_counter() - t_stage:.0f} s")
+    def one_rf(stage: str, kind: str, folder: str):
+        """A 1-RF stage: train with ``kind`` timesteps (dit and uniform share their seed: same initial
+        weights and data order, only the timestep law differs), then save the EMA weights."""
+        ema = train_rf_stage(x, y, args.steps, kind=kind, seed=SEEDS[stage], lr=args.lr, batch=args.batch,
+                             desc=f"1-RF {kind.replace('_', '-')}")
+        save_dit(ema, out / folder, {"objective": "rectified flow (v = noise - x0, t=0 data)",
+                                     "timesteps": f"{kind}(0, 1)", "steps": args.steps,
+                                     "batch": args.batch, "lr": args.lr, "ema": 0.999,
+                                     "time_input": "1000 * t", "velocity_channels": "all (learn_sigma=False)"})
+        return ema
+
     if "dit" in args.only:
         t_stage = time.perf_counter()
-        ema = train_rf_stage(x, y, args.steps, kind="logit_normal", seed=SEEDS["dit"], lr=args.lr, batch=args.batch,
-                             desc="1-RF logit-normal")
-        save_dit(ema, out / "dit-digits", {"objective": "rectified flow (v = noise - x0, t=0 data)",
-                                               "timesteps": "logit_normal(0, 1)", "steps": args.steps,
-                                               "batch": args.batch, "lr": args.lr, "ema": 0.999,
-                                               "time_input": "1000 * t", "velocity_channels": "all (learn_sigma=False)"})
+        ema = one_rf("dit", "logit_normal", "dit-digits")
         if args.eval:
             quick_eval(ema, "1-RF", out)
         log(f"stage done in {time.perf_counter() - t_stage:.0f} s")
@@ -215,14 +221,7 @@ def main() -> None:
         log(f"stage done in {time.perf_counter() - t_stage:.0f} s")
     if "uniform" in args.only:
         t_stage = time.perf_counter()
-        # same seed as dit: same initial weights and data order, only the timestep law differs
-        ema = train_rf_stage(x, y, args.steps, kind="uniform", seed=SEEDS["uniform"], lr=args.lr, batch=args.batch,
-                             desc="1-RF uniform")
-        save_dit(ema, out / "dit-digits-uniform", {"objective": "rectified flow (v = noise - x0, t=0 data)",
-                                                    "timesteps": "uniform(0, 1)", "steps": args.steps,
-                                                    "batch": args.batch, "lr": args.lr, "ema": 0.999,
-                                                    "time_input": "1000 * t",
-                                                    "velocity_channels": "all (learn_sigma=False)"})
+        ema = one_rf("uniform", "uniform", "dit-digits-uniform")
         if args.eval:
             quick_eval(ema, "1-RF uniform", out)
         log(f"stage done in {time.perf_counter() - t_stage:.0f} s")
