@@ -14,6 +14,9 @@ from typing import Callable
 
 import torch
 
+# The sample-set distance of notebook 08, re-exported for the rectified-flow chapter.
+from .diffusion import energy_distance  # noqa: F401
+
 TIMESTEP_KINDS = ("uniform", "logit_normal")
 
 
@@ -147,7 +150,3 @@ def straightness(trajectory: torch.Tensor, times: torch.Tensor | None = None) ->
     return float((dev * dt.abs().flatten()).sum())
 
 
-def energy_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Energy distance 2 E||a - b|| - E||a - a'|| - E||b - b'|| between two samples (N, d), (M, d); 0 iff equal laws."""
-    a, b = a.flatten(1).double(), b.flatten(1).double()
-    return float(2 * torch.cdist(a, b).mean() - torch.cdist(a, a).mean() - torch.cdist(b, b).mean())
