@@ -18,14 +18,16 @@ export TRANSFORMERS_OFFLINE := 1
 endif
 # Headless runs: fast configs, no progress bars, widgets drawn once.
 HEADLESS_ENV := COURSE_FAST=1 COURSE_HEADLESS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+# The mode a student gets from `make course`: full-size configs (COURSE_FAST unset), headless for CI.
+FULL_ENV := COURSE_HEADLESS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: help install course test test-unit test-notebooks html outputs benchmark lock clean
+.PHONY: help install course test test-unit test-notebooks test-full html outputs benchmark lock clean
 
 help:
 	@echo "make course     - open JupyterLab on notebooks/ (offline, course models)"
-	@echo "make test       - unit + parity tests and every notebook under nbval (offline, fast mode)"
+	@echo "make test       - unit + parity tests, every notebook under nbval (fast mode), every notebook in full mode"
 	@echo "make html       - execute every notebook headlessly into build/html/ (for publishing)"
 	@echo "make outputs    - re-execute the notebooks in place (fast mode) to refresh stored outputs"
 	@echo "make benchmark  - timings, memory and model quality into build/benchmark.md"
@@ -44,12 +46,16 @@ course: $(STAMP)
 
 test: $(STAMP)
 	$(HEADLESS_ENV) $(BIN)/python -m pytest -q
+	env -u COURSE_FAST $(FULL_ENV) $(BIN)/python -m pytest -q -m full_mode tests/test_full_mode.py
 
 test-unit: $(STAMP)
 	$(HEADLESS_ENV) $(BIN)/python -m pytest -q tests
 
 test-notebooks: $(STAMP)
 	$(HEADLESS_ENV) $(BIN)/python -m pytest -q notebooks
+
+test-full: $(STAMP)
+	env -u COURSE_FAST $(FULL_ENV) $(BIN)/python -m pytest -q -m full_mode tests/test_full_mode.py
 
 html: $(STAMP)
 	mkdir -p build/html

@@ -73,16 +73,36 @@ class CourseConfig:
         return f"[course_utils] {libs} | device={self.device} ({self.accelerator}) dtype={str(self.dtype).replace('torch.', '')} | {mode} | seed={self.seed}"
 
 
+def available_devices() -> list[str]:
+    """The devices torch can use on this machine, e.g. ``['cuda', 'cuda:0', 'cpu']``."""
+    out = []
+    if torch.cuda.is_available():
+        out += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        out.append("mps")
+    return out + ["cpu"]
+
+
 def pick_device(prefer: str | None = None) -> torch.device:
-    """cuda (NVIDIA or ROCm) -> mps -> cpu, unless ``prefer`` or ``COURSE_DEVICE`` names one."""
+    """cuda (NVIDIA or ROCm) -> mps -> cpu, unless ``prefer`` or ``COURSE_DEVICE`` names one.
+
+    A device that this machine does not have is a ``RuntimeError`` naming the ones it has.
+    """
     prefer = prefer or os.environ.get("COURSE_DEVICE")
     if prefer:
-        dev = torch.device(prefer)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"device {prefer!r} was requested but torch.cuda.is_available() is False; "
-                               "unset COURSE_DEVICE or install a CUDA/ROCm build of torch")
-        if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise RuntimeError(f"device {prefer!r} was requested but MPS is not available; unset COURSE_DEVICE")
+        have = available_devices()
+        try:
+            dev = torch.device(prefer)
+        except (RuntimeError, TypeError) as exc:
+            raise RuntimeError(f"{prefer!r} is not a device name torch knows ({exc}); available here: "
+                               f"{', '.join(have)} (set COURSE_DEVICE to one of them, or unset it)") from None
+        usable = (dev.type == "cpu" or (dev.type == "mps" and "mps" in have)
+                  or (dev.type == "cuda" and torch.cuda.is_available()
+                      and (dev.index is None or dev.index < torch.cuda.device_count())))
+        if not usable:
+            hint = " (install a CUDA/ROCm build of torch for a GPU)" if dev.type == "cuda" else ""
+            raise RuntimeError(f"device {prefer!r} was requested but is not available on this machine; "
+                               f"available here: {', '.join(have)}{hint}. Set COURSE_DEVICE to one of them, or unset it")
         return dev
     if torch.cuda.is_available():
         return torch.device("cuda")

@@ -1,4 +1,7 @@
+import os
+import shutil
 import time
+from pathlib import Path
 
 import pytest
 
@@ -53,3 +56,34 @@ def test_every_hub_model_has_a_registered_stand_in():
         assert entry.stand_in in hub.COURSE_MODELS, name
     rows = hub.table()
     assert len(rows) == len(hub.COURSE_MODELS) + len(hub.HUB_MODELS)
+
+
+def _fake_cached_model(repo_id: str) -> None:
+    """A hub model laid out as huggingface_hub caches it (refs/main -> snapshots/<rev>/config.json)."""
+    cache = Path(os.environ["HF_HUB_CACHE"])
+    folder = cache / ("models--" + repo_id.replace("/", "--"))
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / "main").write_text("0" * 40)
+    (folder / "snapshots" / ("0" * 40)).mkdir(parents=True, exist_ok=True)
+    (folder / "snapshots" / ("0" * 40) / "config.json").write_text("{}")
+
+
+def test_the_test_session_has_its_own_empty_hub_cache():
+    """conftest points HF_HOME / HF_HUB_CACHE at a temporary folder: the user's cache cannot leak in."""
+    from huggingface_hub import constants
+
+    home = Path(os.environ["HF_HOME"])
+    assert home.name.startswith("course-hf-home-") and Path(constants.HF_HUB_CACHE).is_relative_to(home)
+    assert not hub._in_local_cache("openai/clip-vit-base-patch32")
+
+
+def test_a_cached_hub_model_is_used_offline(monkeypatch, capsys):
+    repo = "openai/clip-vit-large-patch14"
+    monkeypatch.setenv("COURSE_ONLINE", "0")
+    assert hub.is_course_path(hub.resolve(repo, verbose=False))
+    _fake_cached_model(repo)
+    try:
+        assert hub.resolve(repo) == repo
+        assert "local Hugging Face cache" in capsys.readouterr().out
+    finally:
+        shutil.rmtree(Path(os.environ["HF_HUB_CACHE"]) / ("models--" + repo.replace("/", "--")))

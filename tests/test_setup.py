@@ -44,8 +44,17 @@ def test_device_selection_on_this_machine(monkeypatch):
 def test_unavailable_device_is_a_clear_error():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    with pytest.raises(RuntimeError, match="COURSE_DEVICE"):
+    with pytest.raises(RuntimeError, match=r"'cuda' was requested but is not available.*available here: .*cpu"):
         config.pick_device("cuda")
+    with pytest.raises(RuntimeError, match=r"'cuda:7' was requested.*available here"):
+        config.pick_device("cuda:7")
+
+
+def test_unknown_device_name_lists_the_available_ones(monkeypatch):
+    monkeypatch.setenv("COURSE_DEVICE", "gpu")
+    with pytest.raises(RuntimeError, match=r"'gpu' is not a device name torch knows.*available here: .*cpu"):
+        config.pick_device()
+    assert config.available_devices()[-1] == "cpu"
 
 
 @pytest.mark.parametrize("seed", [-1, 1.5, "0"])
