@@ -173,6 +173,13 @@ def _matplotlib_defaults() -> None:
         "axes.grid": False,
         "axes.spines.top": False,
         "axes.spines.right": False,
-        "font.size": 10,
+        # legible on a projector (1280x720): nothing below 10 pt (course_utils.plotting.MIN_FONTSIZE)
+        "font.size": 11,
+        "axes.titlesize": 12,
+        "axes.labelsize": 11,
+        "xtick.labelsize": 10,
+        "ytick.labelsize": 10,
+        "legend.fontsize": 10,
+        "figure.titlesize": 12,
         "image.interpolation": "nearest",  # small images: show the pixels as they are
     })

@@ -1,5 +1,9 @@
 """Figures used across the notebooks (introduced in notebook 00): image grids with captions,
-boxes drawn over a scene, heatmaps for similarity / attention / mask matrices."""
+boxes drawn over a scene, heatmaps for similarity / attention / mask matrices, training curves.
+
+Figures are read on a projector in class: no text is drawn below ``MIN_FONTSIZE`` points (a smaller
+``fontsize`` argument is raised to it), and the default labels are in Spanish, like the notebooks.
+"""
 from __future__ import annotations
 
 import textwrap
@@ -8,6 +12,14 @@ from typing import Sequence
 import numpy as np
 import torch
 from PIL import Image
+
+
+MIN_FONTSIZE = 10  # points; at the notebooks' 80 dpi, text stays legible in a 1280x720 projection
+
+
+def _fs(size: float) -> float:
+    """A font size no smaller than ``MIN_FONTSIZE``."""
+    return max(float(size), MIN_FONTSIZE)
 
 
 def _plt():
@@ -31,9 +43,10 @@ def to_numpy_image(img) -> np.ndarray:
 
 
 def show_images(images: Sequence, captions: Sequence[str] | None = None, ncols: int = 8,
-                size: float = 1.6, cmap: str | None = None, suptitle: str | None = None, fontsize: int = 8):
+                size: float = 1.6, cmap: str | None = None, suptitle: str | None = None, fontsize: int = MIN_FONTSIZE):
     """A grid of images with optional captions underneath; returns the figure."""
     plt = _plt()
+    fontsize = _fs(fontsize)
     images = list(images)
     if not images:
         raise ValueError("show_images needs at least one image")
@@ -50,8 +63,8 @@ def show_images(images: Sequence, captions: Sequence[str] | None = None, ncols: 
         arr = to_numpy_image(images[k])
         ax.imshow(arr, cmap=cmap or ("gray" if arr.ndim == 2 else None))
         if captions is not None:
-            # wrap long captions to the panel's width (about 14 characters per inch at size 8)
-            width = max(8, int(size * 14 * 8 / fontsize))
+            # wrap long captions to the panel's width (about 14 characters per inch at 8 pt)
+            width = max(6, int(size * 14 * 8 / fontsize))
             ax.set_title(textwrap.fill(str(captions[k]), width), fontsize=fontsize)
     if suptitle:
         fig.suptitle(suptitle)
@@ -60,7 +73,7 @@ def show_images(images: Sequence, captions: Sequence[str] | None = None, ncols: 
 
 
 def draw_boxes(image, boxes: Sequence[Sequence[float]], labels: Sequence[str] | None = None, ax=None,
-               color: str = "black", fontsize: int = 8):
+               color: str = "black", fontsize: int = MIN_FONTSIZE):
     """Draw normalized ``[x1, y1, x2, y2]`` boxes (LLaVA's format) over an image; returns the axes."""
     plt = _plt()
     arr = to_numpy_image(image)
@@ -77,7 +90,7 @@ def draw_boxes(image, boxes: Sequence[Sequence[float]], labels: Sequence[str] | 
         ax.add_patch(plt.Rectangle((x1 * w - 0.5, y1 * h - 0.5), (x2 - x1) * w, (y2 - y1) * h,
                                    fill=False, edgecolor=color, linewidth=1.5))
         if labels is not None:
-            ax.text(x1 * w - 0.5, y1 * h - 0.5, labels[k], fontsize=fontsize, color="white", va="bottom",
+            ax.text(x1 * w - 0.5, y1 * h - 0.5, labels[k], fontsize=_fs(fontsize), color="white", va="bottom",
                     bbox={"facecolor": color, "alpha": 0.7, "pad": 1, "linewidth": 0})
     return ax
 
@@ -87,7 +100,7 @@ def show_scene(scene, size: int | None = 224, ax=None, captions: bool = True):
     img = scene.image if size in (None, scene.size) else scene.render(size)
     ax = draw_boxes(img, [o.box for o in scene.objects], [o.label for o in scene.objects], ax=ax)
     if captions:
-        ax.set_title("\n".join(scene.captions), fontsize=7, loc="left")
+        ax.set_title("\n".join(scene.captions), fontsize=MIN_FONTSIZE, loc="left")
     return ax
 
 
@@ -103,14 +116,14 @@ def plot_heatmap(matrix, xlabels: Sequence[str] | None = None, ylabels: Sequence
         _, ax = plt.subplots(figsize=(0.35 * m.shape[1] + 2.5, 0.35 * m.shape[0] + 1.5))
     im = ax.imshow(m, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
     if xlabels is not None:
-        ax.set_xticks(range(len(xlabels)), xlabels, rotation=60, ha="right", fontsize=7)
+        ax.set_xticks(range(len(xlabels)), xlabels, rotation=60, ha="right", fontsize=MIN_FONTSIZE)
     if ylabels is not None:
-        ax.set_yticks(range(len(ylabels)), ylabels, fontsize=7)
+        ax.set_yticks(range(len(ylabels)), ylabels, fontsize=MIN_FONTSIZE)
     if annotate:
         mid = (np.nanmax(m) + np.nanmin(m)) / 2
         for i in range(m.shape[0]):
             for j in range(m.shape[1]):
-                ax.text(j, i, format(m[i, j], fmt), ha="center", va="center", fontsize=6,
+                ax.text(j, i, format(m[i, j], fmt), ha="center", va="center", fontsize=MIN_FONTSIZE,
                         color="black" if m[i, j] > mid else "white")
     if title:
         ax.set_title(title)
@@ -119,7 +132,7 @@ def plot_heatmap(matrix, xlabels: Sequence[str] | None = None, ylabels: Sequence
     return ax
 
 
-def plot_curves(curves: dict[str, Sequence[float]], xlabel: str = "step", ylabel: str = "loss", ax=None,
+def plot_curves(curves: dict[str, Sequence[float]], xlabel: str = "paso", ylabel: str = "pérdida", ax=None,
                 title: str | None = None, logy: bool = False, smooth: int = 1):
     """Training curves (``{name: values}``), optionally smoothed with a moving average."""
     plt = _plt()

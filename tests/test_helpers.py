@@ -72,3 +72,25 @@ def test_interact_draws_the_default_when_headless(monkeypatch):
     monkeypatch.delenv("CI", raising=False)
     w = widgets.interact(lambda seed: seen.append(seed), seed=widgets.int_slider(4, 0, 10))
     assert seen[-1] == 4 and w is not None
+
+
+def test_figures_are_legible_on_a_projector():
+    """Every text the plotting helpers draw is at least MIN_FONTSIZE, even when asked for less."""
+    import course_utils
+
+    course_utils.setup(quiet=True)
+    s = shapes.make_scene(3, n_objects=3)
+    figs = [plotting.show_images([s.image] * 3, captions=["a", "b", "c"], fontsize=5),
+            plotting.draw_boxes(s.image, [o.box for o in s.objects], ["x"] * 3, fontsize=6).figure,
+            plotting.show_scene(s).figure,
+            plotting.plot_heatmap(torch.rand(3, 3), list("abc"), list("xyz"), annotate=True, title="t").figure,
+            plotting.plot_curves({"a": [3, 2, 1], "b": [2, 2, 1]}).figure]
+    for fig in figs:
+        fig.canvas.draw()
+        texts = [t for t in fig.findobj(matplotlib.text.Text) if t.get_text().strip() and t.get_visible()]
+        assert texts
+        small = [(t.get_text(), t.get_fontsize()) for t in texts if t.get_fontsize() < plotting.MIN_FONTSIZE]
+        assert not small, f"text below {plotting.MIN_FONTSIZE} pt: {small[:5]}"
+    ax = figs[-1].axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("paso", "pérdida")
+    plt.close("all")
