@@ -21,10 +21,16 @@ from .config import CourseConfig, setup, is_fast, is_online, is_headless, REPO_R
 
 __version__ = "0.1.0"
 
+# Layers (CONTRIBUTING.md; tests/test_layers.py checks that every import points down):
 _SUBMODULES = {
-    "shapes", "data", "hub", "plotting", "training", "widgets", "config",
-    # chapters
-    "clip", "llama", "diffusion", "dit", "flow",
+    # 1. infrastructure
+    "chat", "config", "hub", "io", "plotting", "training", "widgets",
+    # 2. lecture: one module per lecture idea, torch and numpy only
+    "clip", "llava", "llama", "mllama", "diffusion", "dit", "flow", "evaluation", "diffusionclip",
+    # 3. the course's world (``shapes`` and ``data`` are aliases of ``world.shapes`` / ``world.data``)
+    "world", "shapes", "data",
+    # 4-5. library weight layouts; build / train / ship / judge the course models
+    "bridges", "recipes",
 }
 
 __all__ = ["setup", "CourseConfig", "is_fast", "is_online", "is_headless", "REPO_ROOT", "DATA_DIR",

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import DATA_DIR
+from ..config import DATA_DIR
 
 IMAGES_DIR = DATA_DIR / "images"
 
