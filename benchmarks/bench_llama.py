@@ -22,7 +22,9 @@ def run(fast: bool = True) -> dict:
     from transformers.models.mllama.modeling_mllama import MllamaCrossAttentionDecoderLayer
     from transformers.utils import logging as hf_logging
 
-    from course_utils import hub, llama as L, shapes
+    from course_utils import hub, llama as L, mllama as M, shapes
+    from course_utils.bridges.transformers_llama import llama_from_hf
+    from course_utils.recipes import llama as RL, mllama as RM
 
     hf_logging.disable_progress_bar()
     torch.manual_seed(0)
@@ -33,7 +35,7 @@ def run(fast: bool = True) -> dict:
     path = hub.resolve("course/llama-tiny")
     tok = AutoTokenizer.from_pretrained(path)
     hf = LlamaForCausalLM.from_pretrained(path).eval()
-    ours = L.Llama.from_hf_config(hf.config).load_hf_state_dict(hf.state_dict()).eval()
+    ours = llama_from_hf(hf)
     ids = torch.randint(5, len(tok), (16, 32))
     ref_logits = hf(ids).logits
     diff = (ours(ids) - ref_logits).abs().max().item()
@@ -55,8 +57,8 @@ def run(fast: bool = True) -> dict:
                          "(course: no KV cache; transformers: cache)",
                  "value": "identical tokens" if torch.equal(got, want) else "DIFFERENT tokens",
                  "course ms": round(1e3 * t_g_ours, 2), "transformers ms": round(1e3 * t_g_hf, 2)})
-    test_texts = L.lm_texts(shapes.scenes("test", 100 if fast else 500))
-    loss = hf(**L.lm_batch(tok, test_texts)).loss.item()
+    test_texts = RL.lm_texts(shapes.scenes("test", 100 if fast else 500))
+    loss = hf(**RL.lm_batch(tok, test_texts)).loss.item()
     rows.append({"what": f"llama-tiny held-out loss ({len(test_texts)} test texts)",
                  "value": f"{loss:.4f} (perplexity {torch.tensor(loss).exp().item():.2f})"})
 
@@ -68,7 +70,7 @@ def run(fast: bool = True) -> dict:
     ref = MllamaCrossAttentionDecoderLayer(tc, 1).eval()
     ref.cross_attn_attn_gate.fill_(0.7)
     ref.cross_attn_mlp_gate.fill_(-0.3)
-    mine = L.GatedCrossAttentionLayer(256, 8, 2, 704).eval()
+    mine = M.GatedCrossAttentionLayer(256, 8, 2, 704).eval()
     mine.load_state_dict(ref.state_dict(), strict=True)
     x, img = torch.randn(8, 64, 256), torch.randn(8, 576, 256)
     mask = torch.zeros(8, 1, 64, 576)  # a (no-op) mask: transformers' SDPA path needs one (see notebook 05)
@@ -84,11 +86,11 @@ def run(fast: bool = True) -> dict:
     model = MllamaForConditionalGeneration.from_pretrained(path).eval()
     proc = MllamaProcessor.from_pretrained(path)
     n = 300 if fast else 2000
-    data = L.ShapesVQA("test", n, proc.tokenizer, proc.image_processor, ("color", "existence", "count"))
+    data = RM.vqa_data("test", n, proc, ("color", "existence", "count"))
     t0 = time.perf_counter()
-    acc_img = L.vqa_accuracy(model, data)
+    acc_img = RM.vqa_accuracy(model, data)
     t_eval = time.perf_counter() - t0
-    acc_txt = L.vqa_accuracy(model, data, image=False)
+    acc_txt = RM.vqa_accuracy(model, data, image=False)
     for k in ("color", "existence", "count", "all"):
         rows.append({"what": f"mllama-shapes VQA accuracy, {k} ({n} test scenes)",
                      "value": f"{acc_img[k]:.3f} with image vs {acc_txt[k]:.3f} text only"})

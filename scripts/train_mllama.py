@@ -3,8 +3,8 @@
 A ``MllamaForConditionalGeneration`` whose text layers are the frozen ``course/llama-tiny`` and whose
 adapter -- a tiny Mllama vision encoder, the projector and tanh-gated cross-attention layers (gates
 at zero at the start) -- learns to answer questions the text alone cannot: the color of a named
-shape, whether an object is there, how many objects there are. Saved with ``save_pretrained`` together
-with its ``MllamaProcessor`` (image processor + tokenizer), so
+shape, whether an object is there, how many objects there are (``course_utils.recipes.mllama``).
+Saved with ``save_pretrained`` together with its ``MllamaProcessor`` (image processor + tokenizer), so
 ``MllamaForConditionalGeneration.from_pretrained(hub.resolve("meta-llama/Llama-3.2-11B-Vision-Instruct"))``
 loads it offline. Needs ``data/models/llama-tiny`` (``python scripts/train_llama.py``).
 
@@ -16,21 +16,17 @@ import argparse
 import time
 from pathlib import Path
 
-from transformers import AutoTokenizer, LlamaForCausalLM, MllamaImageProcessor, MllamaProcessor
+from transformers import AutoTokenizer, LlamaForCausalLM
 
 import course_utils
-from course_utils import hub, llama as L
+from course_utils import hub
+from course_utils.recipes import mllama as R
 
 OUT = course_utils.DATA_DIR / "models" / "mllama-shapes"
 KINDS = ("color", "existence", "count")
 # what mattered (measured on 500 test scenes, notebook 05): 4 px patches (64 image tokens instead of 16)
 # and one cross-attention layer before every text layer
 PATCH_SIZE, EVERY, LR, STEPS = 4, 1, 2e-3, 1500
-
-
-def build_processor(tokenizer) -> MllamaProcessor:
-    image_processor = MllamaImageProcessor(size={"height": 32, "width": 32}, max_image_tiles=1)
-    return MllamaProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
 def main(argv=None) -> int:
@@ -46,19 +42,19 @@ def main(argv=None) -> int:
     path = hub.resolve("course/llama-tiny")
     tok = AutoTokenizer.from_pretrained(path)
     llama = LlamaForCausalLM.from_pretrained(path)
-    proc = build_processor(tok)
-    model = L.mllama_from_llama(llama, tok, every=args.every, patch_size=args.patch_size)
-    train = L.ShapesVQA("train", args.scenes, tok, proc.image_processor, KINDS)
-    test = L.ShapesVQA("test", 500, tok, proc.image_processor, KINDS)
+    proc = R.build_processor(tok)
+    model = R.mllama_from_llama(llama, tok, every=args.every, patch_size=args.patch_size)
+    train = R.vqa_data("train", args.scenes, proc, KINDS)
+    test = R.vqa_data("test", 500, proc, KINDS)
     print(f"{len(train)} training questions; trainable parameters "
           f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,} of {sum(p.numel() for p in model.parameters()):,}")
     t0 = time.perf_counter()
-    hist, gates = L.train_mllama_vqa(model, train, args.steps, lr=args.lr, log_gates_every=100)
+    hist, gates = R.train_mllama_vqa(model, train, args.steps, lr=args.lr, log_gates_every=100)
     for step, g in gates:
         print(f"step {step:5d}  gates attn {[round(x, 3) for x in g['attn']]}  mlp {[round(x, 3) for x in g['mlp']]}")
     print(f"trained {args.steps} steps in {time.perf_counter() - t0:.0f} s; last loss {hist.mean(50):.4f}")
-    print("test, with image:", {k: round(v, 3) for k, v in L.vqa_accuracy(model, test).items()})
-    print("test, text only: ", {k: round(v, 3) for k, v in L.vqa_accuracy(model, test, image=False).items()})
+    print("test, with image:", {k: round(v, 3) for k, v in R.vqa_accuracy(model, test).items()})
+    print("test, text only: ", {k: round(v, 3) for k, v in R.vqa_accuracy(model, test, image=False).items()})
     for p in model.parameters():
         p.requires_grad_(True)
     args.out.mkdir(parents=True, exist_ok=True)

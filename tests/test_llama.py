@@ -1,15 +1,22 @@
-"""course_utils.llama: Llama 3 pieces and Llama 3.2 Vision's gated cross-attention vs transformers."""
+"""course_utils.llama (Llama 3 pieces, Llama 3.1's RoPE scaling, tied head) and its transformers bridge,
+against transformers' LlamaForCausalLM; notebook 04's real-model check on tiny hub-shaped models."""
+import json
 import math
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.masking_utils import create_causal_mask
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP, LlamaRMSNorm, LlamaRotaryEmbedding
-from transformers.models.mllama.configuration_mllama import MllamaTextConfig
-from transformers.models.mllama.modeling_mllama import (MllamaCrossAttentionDecoderLayer, MllamaForCausalLM,
-                                                        _prepare_cross_attention_mask)
 
 from course_utils import hub, llama as L
+from course_utils.bridges import transformers_llama as B
+from course_utils.recipes import llama as RL
+from course_utils.world.text import shapes_tokenizer
+
+FIXTURES = Path(__file__).parent / "fixtures" / "hub_configs"
 
 TOL = 1e-5
 
@@ -71,13 +78,6 @@ def test_kv_cache_mfu_flops():
         L.kv_cache_bytes(32, 8, 128, -1)
 
 
-def test_cross_attention_layer_positions_of_the_11b_model():
-    assert L.cross_attention_layer_indices(32, 4) == [3, 8, 13, 18, 23, 28, 33, 38]
-    assert MllamaTextConfig().cross_attention_layers == [3, 8, 13, 18, 23, 28, 33, 38]
-    with pytest.raises(ValueError):
-        L.cross_attention_layer_indices(4, 0)
-
-
 # ---- pieces vs transformers --------------------------------------------------------------------------
 def test_rmsnorm_parity():
     ref = LlamaRMSNorm(64, eps=1e-5)
@@ -121,18 +121,30 @@ def test_swiglu_parity():
 
 
 def test_gqa_attention_parity():
-    cfg = _cfg()
-    cfg._attn_implementation = "eager"
-    ref = LlamaAttention(cfg, layer_idx=0).eval()
-    mine = L.GroupedQueryAttention(64, 8, 2).eval()
-    mine.load_state_dict(ref.state_dict(), strict=True)
+    """The reference applies its own causality: SDPA's is_causal path, and eager with transformers' own mask."""
     x = torch.randn(2, 9, 64)
-    pe = LlamaRotaryEmbedding(cfg)(x, torch.arange(9)[None])
-    mask = L.causal_mask(9)[None, None]
-    out_ref, _ = ref(x, position_embeddings=pe, attention_mask=mask)
-    assert torch.allclose(mine(x), out_ref, atol=TOL)
-    mine.fused = False  # the written-out softmax(q k^T / sqrt(d) + M) v
-    assert torch.allclose(mine(x), out_ref, atol=TOL)
+    mine = L.GroupedQueryAttention(64, 8, 2).eval()
+    for impl in ("sdpa", "eager"):
+        cfg = _cfg()
+        cfg._attn_implementation = impl
+        ref = LlamaAttention(cfg, layer_idx=0).eval()
+        mine.load_state_dict(ref.state_dict(), strict=True)
+        pos = torch.arange(9)[None]
+        pe = LlamaRotaryEmbedding(cfg)(x, pos)
+        mask = None if impl == "sdpa" else create_causal_mask(cfg, x, None, None, position_ids=pos,
+                                                                 allow_is_causal_skip=False)
+        with torch.no_grad():
+            out_ref, _ = ref(x, position_embeddings=pe, attention_mask=mask)
+            mine.fused = True
+            assert torch.allclose(mine(x), out_ref, atol=TOL), impl
+            mine.fused = False  # the written-out softmax(q k^T / sqrt(d) + M) v
+            assert torch.allclose(mine(x), out_ref, atol=TOL), impl
+    # and causality is real: the first output does not change when later tokens do
+    with torch.no_grad():
+        y = x.clone()
+        y[:, 5:] = torch.randn(2, 4, 64)
+        assert torch.allclose(mine(x)[:, :5], mine(y)[:, :5], atol=TOL)
+        assert not torch.allclose(mine(x)[:, 5:], mine(y)[:, 5:], atol=1e-3)
     assert L.repeat_kv(torch.randn(1, 2, 3, 4), 4).shape == (1, 8, 3, 4)
 
 
@@ -140,7 +152,7 @@ def test_tiny_llama_logits_and_greedy_generation_equal_transformers():
     cfg = _cfg()
     hf = LlamaForCausalLM(cfg).eval()
     _randomize_norms(hf)
-    mine = L.Llama.from_hf_config(cfg).load_hf_state_dict(hf.state_dict()).eval()
+    mine = B.load_hf_state_dict(B.llama_from_hf_config(cfg), hf.state_dict()).eval()
     ids = torch.randint(0, 61, (3, 13))
     with torch.no_grad():
         assert torch.allclose(mine(ids), hf(ids).logits, atol=TOL)
@@ -151,106 +163,138 @@ def test_tiny_llama_logits_and_greedy_generation_equal_transformers():
 
 
 def test_llama_rejects_bad_input():
-    with pytest.raises(ValueError, match="tie_word_embeddings"):
-        L.Llama.from_hf_config(_cfg(tie_word_embeddings=True))
+    for rope_type in ("yarn", "linear", "dynamic"):
+        with pytest.raises(ValueError, match=r"supported: \['default', 'llama3'\]"):
+            B.llama_from_hf_config(_cfg(rope_parameters={"rope_type": rope_type, "rope_theta": 1e4, "factor": 2.0}))
+    with pytest.raises(ValueError, match="missing"):
+        B.rope_settings(SimpleNamespace(rope_parameters={"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0}))
     with pytest.raises(ValueError, match=r"\(batch, seq_len\)"):
         L.Llama(11, 16, 1, 2, 1, 32)(torch.zeros(5, dtype=torch.long))
     with pytest.raises(RuntimeError):  # a state dict of another shape fails loudly
-        L.Llama(11, 16, 1, 2, 1, 32).load_hf_state_dict(LlamaForCausalLM(_cfg()).state_dict())
+        B.load_hf_state_dict(L.Llama(11, 16, 1, 2, 1, 32), LlamaForCausalLM(_cfg()).state_dict())
+    with pytest.raises(ValueError, match="low_freq_factor < high_freq_factor"):
+        L.rope_frequencies(16, scaling=dict(factor=8.0, low_freq_factor=4.0, high_freq_factor=1.0,
+                                            original_max_position_embeddings=64))
 
 
-# ---- gated cross-attention (Llama 3.2 Vision) --------------------------------------------------------
-def _mllama_text_cfg():
-    return MllamaTextConfig(vocab_size=61, hidden_size=64, intermediate_size=96, num_hidden_layers=6,
-                            num_attention_heads=8, num_key_value_heads=2, cross_attention_layers=[1, 4],
-                            pad_token_id=0, bos_token_id=1, eos_token_id=2,
-                            rope_parameters={"rope_type": "default", "rope_theta": 500000.0})
 
 
-def test_gated_cross_attention_layer_parity_with_masks():
-    cfg = _mllama_text_cfg()
-    cfg._attn_implementation = "eager"
-    ref = MllamaCrossAttentionDecoderLayer(cfg, layer_idx=1).eval()
-    _randomize_norms(ref)
+# ---- Llama 3.1's RoPE scaling, the tied head, the bridge ------------------------------------------------
+def _hub_config(name: str, **overrides) -> LlamaConfig:
+    """A tiny LlamaConfig with the structure of a hub model (tests/fixtures/hub_configs/<org>--<name>.json)."""
+    d = json.loads((FIXTURES / f"{name}.json").read_text())
+    assert d["_source"]
+    d = {k: v for k, v in d.items() if not k.startswith("_")}
+    d.update(overrides)
+    return LlamaConfig(**d)
+
+
+@pytest.mark.parametrize("published", [
+    dict(head_dim=64, factor=32.0),   # Llama 3.2 1B
+    dict(head_dim=128, factor=8.0),   # Llama 3.1 8B
+])
+def test_llama3_rope_frequencies_equal_transformers_at_published_sizes(published):
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    hd, factor = published["head_dim"], published["factor"]
+    scaling = dict(factor=factor, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192)
+    cfg = LlamaConfig(hidden_size=32 * hd, num_attention_heads=32, num_key_value_heads=8, head_dim=hd,
+                      max_position_embeddings=131072,
+                      rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, **scaling})
+    want, _ = ROPE_INIT_FUNCTIONS["llama3"](cfg, "cpu")
+    plain = L.rope_frequencies(hd)
+    got = L.rope_frequencies(hd, scaling=scaling)
+    assert torch.allclose(got, want, rtol=1e-6, atol=0)
+    # the three regimes (wavelength 2 pi / theta_k against 8192 / 4 and 8192 / 1)
+    wl = 2 * math.pi / plain
+    high, low = wl < 8192 / 4, wl > 8192 / 1
+    mid = ~high & ~low
+    assert high.any() and low.any() and mid.any()
+    assert torch.equal(got[high], plain[high])                 # local order: unchanged
+    assert torch.equal(got[low], plain[low] / factor)          # longer than the context: divided by factor
+    ratio = got[mid] / plain[mid]                              # in between: from 1 down to 1 / factor
+    assert ((ratio < 1) & (ratio > 1 / factor)).all() and (ratio.diff() < 0).all()
+    assert (got.diff() < 0).all()                              # still a decreasing spectrum
+
+
+def test_llama3_rope_cos_sin_equal_transformers_past_the_threshold():
+    cfg = _hub_config("meta-llama--Meta-Llama-3.1-8B")
+    pos = torch.arange(300)  # beyond original_max / high_freq_factor = 16 and original_max = 64
+    rot = LlamaRotaryEmbedding(cfg)
+    ref_cos, ref_sin = rot(torch.zeros(1, 300, cfg.hidden_size), pos[None])
+    _, scaling = B.rope_settings(cfg)
+    cos, sin = L.rope_cos_sin(pos, cfg.head_dim, 500000.0, scaling)
+    assert torch.allclose(cos, ref_cos[0], atol=TOL) and torch.allclose(sin, ref_sin[0], atol=TOL)
+    plain_cos, _ = L.rope_cos_sin(pos, cfg.head_dim, 500000.0)
+    assert (plain_cos - cos).abs().max() > 0.5                 # the scaling moves the low-frequency angles
+
+
+def test_tied_head_shares_the_embedding_matrix():
+    tied = L.Llama(61, 64, 2, 8, 2, 96, tie_word_embeddings=True)
+    assert tied.lm_head.weight is tied.embed_tokens.weight
+    assert sum(p.numel() for p in tied.parameters()) == L.count_parameters(2, 64, 96, 8, 2, 61, tied_embeddings=True)
+    untied = L.Llama(61, 64, 2, 8, 2, 96)
+    assert sum(p.numel() for p in untied.parameters()) == L.count_parameters(2, 64, 96, 8, 2, 61)
+
+
+@pytest.mark.parametrize("name,tied,factor", [("meta-llama--Llama-3.2-1B", True, 32.0),
+                                              ("meta-llama--Meta-Llama-3.1-8B", False, 8.0)])
+def test_hub_parity_on_tiny_hub_shaped_models(tmp_path, name, tied, factor):
+    """Notebook 04's real-model function, offline, on a random LlamaForCausalLM with the hub model's structure."""
+    cfg = _hub_config(name)
+    assert cfg.rope_parameters["rope_type"] == "llama3" and cfg.rope_parameters["factor"] == factor
+    assert cfg.tie_word_embeddings == tied
+    torch.manual_seed(0)
+    hf = LlamaForCausalLM(cfg).eval()   # initializer_range 0.3: positions matter in the logits
+    _randomize_norms(hf)
+    hf.save_pretrained(tmp_path)
+    shapes_tokenizer(n_scenes=300).save_pretrained(tmp_path)
+    long_len = 256  # > original_max / high_freq_factor = 16: the scaled pairs turn by visibly different angles
+    res = RL.hub_parity(str(tmp_path), long_len=long_len, max_new_tokens=6)
+    assert res["long_len"] == long_len and not res["course_model"]
+    assert res["rel_diff"] < 1e-5
+    assert all(same for _, _, same in res["generations"]) and len(res["generations"]) == 2
+    assert res["n_params"] == res["n_formula"]
+    ours = res["ours"]
+    assert (ours.lm_head.weight is ours.embed_tokens.weight) == tied
+    assert ours.layers[0].self_attn.rope_scaling["factor"] == factor
+    # the same weights with plain RoPE give clearly different logits: the parity above tests the scaling
+    plain = LlamaForCausalLM(_hub_config(name, rope_scaling=None, rope_parameters={"rope_type": "default",
+                                                                                    "rope_theta": 500000.0})).eval()
+    plain.load_state_dict(res["model"].state_dict())
+    ids = torch.randint(0, cfg.vocab_size, (1, long_len), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        ref.cross_attn_attn_gate.fill_(0.8)
-        ref.cross_attn_mlp_gate.fill_(-0.5)
-    mine = L.GatedCrossAttentionLayer(64, 8, 2, 96).eval()
-    mine.load_state_dict(ref.state_dict(), strict=True)
-    x, img = torch.randn(2, 7, 64), torch.randn(2, 10, 64)
-    # text tokens 0-1 come before the image: they see no image tile (masked rows)
-    cam = torch.ones(2, 7, 1, 1)
-    cam[:, :2] = 0
-    mask, rows = _prepare_cross_attention_mask(cam, num_vision_tokens=10, dtype=torch.float32)
-    with torch.no_grad():
-        out_ref = ref(x, cross_attention_states=img, cross_attention_mask=mask, attention_mask=None,
-                      full_text_row_masked_out_mask=rows)
-        out = mine(x, img, mask, rows[:, 0])
-        assert torch.allclose(out, out_ref, atol=TOL)
-        assert torch.allclose(mine(x, img), ref(x, cross_attention_states=img, cross_attention_mask=None,
-                                                attention_mask=None, full_text_row_masked_out_mask=None), atol=TOL)
-    with pytest.raises(ValueError, match="n_image_tokens"):
-        mine(x, torch.randn(2, 10, 32))
+        scaled_logits, plain_logits = res["model"](ids).logits, plain(ids).logits
+    rel = ((scaled_logits - plain_logits).abs().max() / scaled_logits.abs().max()).item()
+    assert rel > 0.3, rel
+    with torch.no_grad():  # and only at positions where the low frequencies have turned
+        assert (scaled_logits - plain_logits)[0, 0].abs().max() < 1e-4
 
 
-def test_identity_at_init_and_full_stack_parity_with_mllama():
-    torch.manual_seed(1)
-    text = L.Llama(61, 64, 4, 8, 2, 96).eval()
-    _randomize_norms(text)
-    mm = L.LlamaWithCrossAttention(text, every=2).eval()
-    assert mm.cross_positions == [1, 4]
-    ids, img = torch.randint(0, 61, (2, 9)), torch.randn(2, 10, 64)
-    with torch.no_grad():
-        # gates tanh(0) = 0: the multimodal model IS the text model
-        assert torch.allclose(mm(ids, img), text(ids), atol=1e-6)
-        for layer in mm.cross_layers:
-            layer.cross_attn_attn_gate.fill_(0.6)
-            layer.cross_attn_mlp_gate.fill_(0.3)
-        assert not torch.allclose(mm(ids, img), text(ids), atol=1e-3)
-        assert torch.allclose(mm(ids), text(ids), atol=1e-6)  # no image: the cross layers are skipped
-    # the same weights in transformers' MllamaForCausalLM
-    # eager attention: with SDPA and no cross_attention_mask, transformers 5.24 treats the cross-attention as
-    # causal and crops the image keys to the text length (the processor always passes the mask)
-    ref = MllamaForCausalLM._from_config(_mllama_text_cfg(), attn_implementation="eager").eval()
-    sd = {"lm_head.weight": text.lm_head.weight, "model.norm.weight": text.norm.weight}
-    emb = ref.model.embed_tokens.weight.detach().clone()
-    emb[:61] = text.embed_tokens.weight
-    sd["model.embed_tokens.weight"] = emb
-    text_iter, cross_iter = iter(text.layers), iter(mm.cross_layers)
-    for j in range(6):
-        layer = next(cross_iter) if j in mm.cross_positions else next(text_iter)
-        sd.update({f"model.layers.{j}.{k}": v for k, v in layer.state_dict().items()})
-    ref.load_state_dict(sd, strict=True)
-    with torch.no_grad():
-        want = ref(input_ids=ids, cross_attention_states=img).logits
-        assert torch.allclose(mm(ids, img), want, atol=TOL)
+def test_hub_parity_needs_a_tokenizer_with_a_loaded_model():
+    with pytest.raises(ValueError, match="tokenizer"):
+        RL.hub_parity(LlamaForCausalLM(_cfg()))
 
 
-def test_prefix_vs_cross_cost():
-    c = L.prefix_vs_cross_attention_cost(4, image_tokens=576, text_tokens=256)
-    assert c["prefix"]["context_tokens"] == 256 + 4 * 576
-    assert c["cross_attention"]["context_tokens"] == 256
-    assert c["cross_attention"]["kv_cache_bytes"] < c["prefix"]["kv_cache_bytes"]
-    assert c["cross_attention"]["attention_flops"] < c["prefix"]["attention_flops"]
-    with pytest.raises(ValueError):
-        L.prefix_vs_cross_attention_cost(-1)
-
-
-# ---- tokenizer, data and the shipped checkpoints ---------------------------------------------------
-def test_tokenizer_and_vqa_labels():
-    from transformers import MllamaImageProcessor
-
-    tok = L.shapes_tokenizer(n_scenes=300)
-    assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 3)
-    assert tok.convert_tokens_to_ids("<|image|>") == 4
-    data = L.ShapesVQA("train", 4, tok, MllamaImageProcessor(size={"height": 32, "width": 32}, max_image_tiles=1))
-    b = data.batch(range(len(data)))
-    for row, (_, q, a, _) in zip(range(len(data)), data.items):
-        kept = b["labels"][row][b["labels"][row] != L.IGNORE_INDEX].tolist()
-        assert kept == tok.convert_tokens_to_ids([a, tok.eos_token])  # loss only on the answer and <|eot_id|>
-    assert b["pixel_values"].shape == (len(data), 1, 1, 3, 32, 32)
-    with pytest.raises(ValueError, match="one-word-answer"):
-        L.ShapesVQA("train", 2, tok, None, kinds=("relation",))
+# ---- device and dtype ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("device,dtype", [("meta", torch.float32), ("cpu", torch.bfloat16)])
+def test_llama_runs_on_meta_and_in_bfloat16(device, dtype):
+    scaling = dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=16)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = L.Llama(61, 64, 2, 8, 2, 96, tie_word_embeddings=True, rope_scaling=scaling).to(dtype).eval()
+        gqa = L.GroupedQueryAttention(64, 8, 2).to(dtype)
+        ids = torch.randint(0, 61, (2, 40))
+        x = torch.randn(2, 40, 64, dtype=dtype)
+    logits = model(ids)
+    assert logits.shape == (2, 40, 61) and logits.device.type == device and logits.dtype == dtype
+    assert gqa(x).shape == x.shape and gqa(x).dtype == dtype and gqa(x).device.type == device
+    assert L.apply_rope_complex(x.view(2, 40, 8, 8).transpose(1, 2), torch.arange(40, device=device)).device.type == device
+    out = L.generate_greedy(model, ids[:, :5], 2)
+    assert out.shape == (2, 7) and out.device.type == device
+    if device == "cpu":  # bfloat16 agrees with float32 up to bf16 rounding
+        ref = model.float()(ids)
+        assert ((logits.float() - ref).abs().max() / ref.abs().max()) < 0.05
 
 
 def test_shipped_llama_tiny_equals_course_llama():
@@ -259,7 +303,7 @@ def test_shipped_llama_tiny_equals_course_llama():
     path = hub.resolve("course/llama-tiny")
     hf = LlamaForCausalLM.from_pretrained(path).eval()
     tok = AutoTokenizer.from_pretrained(path)
-    mine = L.Llama.from_hf_config(hf.config).load_hf_state_dict(hf.state_dict()).eval()
+    mine = B.llama_from_hf(hf)
     ids = tok(["<|begin_of_text|>is there a red circle in the image ?"], add_special_tokens=False,
               return_tensors="pt").input_ids
     want = hf.generate(ids, max_new_tokens=3, do_sample=False)
@@ -274,29 +318,17 @@ def test_shipped_llama_tiny_equals_course_llama():
                         L.count_parameters(4, 64, 176, 4, 2, len(tok)))
 
 
-def test_tiny_mllama_config_vision_sizes():
-    from transformers import LlamaConfig
-
-    tok = L.shapes_tokenizer(n_scenes=300)
-    text = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=176, num_hidden_layers=4,
-                       num_attention_heads=4, num_key_value_heads=2)
-    cfg = L.tiny_mllama_config(text, tok, every=1, patch_size=4, vision_width=32, vision_layers=3)
-    assert cfg.text_config.cross_attention_layers == L.cross_attention_layer_indices(4, 1)
-    assert cfg.text_config.num_hidden_layers == 4 + len(cfg.text_config.cross_attention_layers)
-    assert (cfg.vision_config.hidden_size, cfg.vision_config.vision_output_dim) == (32, 64)
-    assert cfg.vision_config.intermediate_layers_indices == [2]
-    assert (cfg.vision_config.image_size // cfg.vision_config.patch_size) ** 2 == 64  # 64 image tokens (+ CLS)
-    with pytest.raises(ValueError, match="multiple of patch_size"):
-        L.tiny_mllama_config(text, tok, patch_size=5)
+def test_hub_parity_offline_is_the_course_model():
+    """What notebook 04's real-model cell runs offline: the shipped course/llama-tiny."""
+    res = RL.hub_parity(hub.resolve("meta-llama/Llama-3.2-1B"))
+    assert res["course_model"] and res["long_len"] == 128
+    assert res["rel_diff"] < 1e-5 and res["n_params"] == res["n_formula"]
+    assert [p for p, _, same in res["generations"] if same] == list(RL.COURSE_PROMPTS)
 
 
-def test_shipped_mllama_reads_the_image():
-    from transformers import MllamaForConditionalGeneration, MllamaProcessor
+def test_lm_batch_labels_ignore_padding():
+    tok = shapes_tokenizer(n_scenes=300)
+    b = RL.lm_batch(tok, ["a red circle .", "is there a square ? no"])
+    assert b["input_ids"][0, 0] == tok.bos_token_id and (b["labels"] == L.IGNORE_INDEX).sum() == 2
+    assert tok.eos_token_id in b["input_ids"][0].tolist()
 
-    path = hub.resolve("course/mllama-shapes")
-    model = MllamaForConditionalGeneration.from_pretrained(path).eval()
-    proc = MllamaProcessor.from_pretrained(path)
-    assert max(abs(g) for g in L.mllama_gates(model)["attn"]) > 0.05  # trained: gates left zero
-    data = L.ShapesVQA("test", 60, proc.tokenizer, proc.image_processor, ("color",))
-    acc_img, acc_txt = L.vqa_accuracy(model, data)["color"], L.vqa_accuracy(model, data, image=False)["color"]
-    assert acc_img > acc_txt + 0.2  # the color of a named shape cannot be known from the text alone
