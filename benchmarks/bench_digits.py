@@ -13,8 +13,12 @@ import time
 
 import torch
 
-from course_utils import dit, flow, hub
+from course_utils import hub
+from course_utils.bridges.diffusers_dit import from_diffusers
 from course_utils.data import load_digits
+from course_utils.evaluation import class_consistency, diversity_ratio, energy_distance
+from course_utils.recipes.digits import sample_digits
+from course_utils.recipes.judges import load_digits_judge
 
 MODELS = (("logit-normal (1-RF, shipped)", "course/dit-digits"), ("uniform (1-RF)", "course/dit-digits-uniform"),
           ("2-RF (reflow)", "course/dit-digits-reflow"))
@@ -33,18 +37,18 @@ def run(fast: bool = True) -> dict:
 
     torch.manual_seed(0)
     x_test, y_test = load_digits("test", scale="symmetric")
-    clf = dit.load_classifier(hub.resolve("course/digits-classifier", verbose=False))
+    clf = load_digits_judge()
     n_per = 20 if fast else 100
     labels = torch.arange(10).repeat_interleave(n_per)
     noise = torch.randn(len(labels), 1, 8, 8, generator=torch.Generator().manual_seed(0))
     rows = [{"model": "real test digits", "steps": "", "guidance": "",
-             "class-consistency": round(dit.class_consistency(clf, x_test, y_test), 4), "diversity": 1.0}]
+             "class-consistency": round(class_consistency(clf, x_test, y_test), 4), "diversity": 1.0}]
     x_train, y_train = load_digits("train", scale="symmetric")
     means = torch.stack([x_train[y_train == k].mean(0) for k in range(10)])[labels]
     rows.append({"model": "blurry class means", "steps": "", "guidance": "",
-                 "class-consistency": round(dit.class_consistency(clf, means, labels), 4),
-                 "diversity": round(dit.diversity_ratio(means, labels, x_test, y_test), 4),
-                 "energy dist.": round(flow.energy_distance(means, x_test), 4)})
+                 "class-consistency": round(class_consistency(clf, means, labels), 4),
+                 "diversity": round(diversity_ratio(means, labels, x_test, y_test), 4),
+                 "energy dist.": round(energy_distance(means, x_test), 4)})
     nets = {}
     skipped = []
     for name, hub_name in MODELS:
@@ -56,14 +60,14 @@ def run(fast: bool = True) -> dict:
         grid = ((1, 2, 4, 10, 50), (1.0, 2.0, 4.0)) if "1-RF" in name else ((1, 2, 4, 10), (1.0, 2.0))
         for steps in grid[0]:
             for w in grid[1]:
-                s = dit.sample_digits(net, labels, steps, w, noise=noise)
+                s = sample_digits(net, labels, steps, w, noise=noise)
                 rows.append({"model": name, "steps": steps, "guidance": w,
-                             "class-consistency": round(dit.class_consistency(clf, s, labels), 4),
-                             "diversity": round(dit.diversity_ratio(s, labels, x_test, y_test), 4),
-                             "energy dist.": round(flow.energy_distance(s, x_test), 4)})
+                             "class-consistency": round(class_consistency(clf, s, labels), 4),
+                             "diversity": round(diversity_ratio(s, labels, x_test, y_test), 4),
+                             "energy dist.": round(energy_distance(s, x_test), 4)})
     # speed: the same weights in the course DiT and in diffusers
     ref = nets[MODELS[0][0]]
-    ours = dit.from_diffusers(ref)
+    ours = from_diffusers(ref)
     xb, tb, yb = torch.randn(256, 1, 8, 8), torch.rand(256) * 1000, torch.randint(0, 10, (256,))
     reps = 5 if fast else 20
     with torch.no_grad():

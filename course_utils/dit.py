@@ -5,8 +5,10 @@ Pieces, with the upstream names: ``patchify`` / ``unpatchify``, ``get_2d_sincos_
 classifier-free guidance), ``modulate``, ``DiTBlock`` (adaLN-Zero: six vectors from
 ``adaLN_modulation``), ``FinalLayer`` (each token -> p x p x out_channels, 2C with ``learn_sigma``),
 ``DiT`` and the named size configs ``DiT_models`` (``DiT-XL/2`` ... ``DiT-S/8`` and the course's
-``DiT-Digits/2``). ``to_diffusers_state_dict`` / ``from_diffusers_state_dict`` map the weights to and
-from diffusers' ``DiTTransformer2DModel``; ``dit_gflops`` counts a forward pass in multiply-adds.
+``DiT-Digits/2``), classifier-free guidance (``classifier_free_guidance``, ``DiT.forward_with_cfg``);
+``dit_gflops`` counts a forward pass in multiply-adds. The weight mapping to diffusers'
+``DiTTransformer2DModel`` is ``course_utils.bridges.diffusers_dit``; sampling the digits DiT with
+rectified flow is ``course_utils.recipes.digits``.
 """
 from __future__ import annotations
 
@@ -17,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# ----------------------------------------------------------------------------------------------
-#  Patches and positions
-# ----------------------------------------------------------------------------------------------
+from .diffusion import as_time
+
+# ---- Patches and positions -------------------------------------------------------------------
 
 
 def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
@@ -70,9 +72,7 @@ def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int) -> np.ndarray:
     return np.concatenate([emb_h, emb_w], axis=1)  # (T, D)
 
 
-# ----------------------------------------------------------------------------------------------
-#  Embedding layers for timesteps and class labels
-# ----------------------------------------------------------------------------------------------
+# ---- Embedding layers for timesteps and class labels -----------------------------------------
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -82,10 +82,8 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 class TimestepEmbedder(nn.Module):
     """Scalar timesteps -> (N, D): 256 sinusoidal frequencies, then Linear-SiLU-Linear (notebook 09).
-
-    ``freq_shift=0`` is DiT's ``exp(-ln(10000) i / half)``; diffusers' ``CombinedTimestepLabelEmbeddings``
-    divides by ``half - 1`` instead (``downscale_freq_shift=1``): pass ``freq_shift=1`` to match it.
-    """
+    ``freq_shift=0`` is DiT's ``exp(-ln(10000) i / half)``; ``freq_shift=1`` divides by ``half - 1`` as
+    diffusers' ``CombinedTimestepLabelEmbeddings`` does (``downscale_freq_shift=1``)."""
 
     def __init__(self, hidden_size: int, frequency_embedding_size: int = 256, freq_shift: int = 0):
         super().__init__()
@@ -105,9 +103,10 @@ class TimestepEmbedder(nn.Module):
         args = t[:, None].float() * freqs[None]  # (N, half)
         return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (N, dim)
 
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, t: torch.Tensor) -> torch.Tensor:  # (N,) -> (N, D)
+        # the frequencies are computed in float32, then cast to the weights' dtype (as diffusers does)
         t_freq = self.timestep_embedding(t, self.frequency_embedding_size, freq_shift=self.freq_shift)
-        return self.mlp(t_freq)  # (N, D)
+        return self.mlp(t_freq.to(self.mlp[0].weight.dtype))
 
 
 class LabelEmbedder(nn.Module):
@@ -132,7 +131,7 @@ class LabelEmbedder(nn.Module):
     def forward(self, labels: torch.Tensor, train: bool | None = None,
                 force_drop_ids: torch.Tensor | None = None) -> torch.Tensor:
         train = self.training if train is None else train
-        if labels.min() < 0 or labels.max() > self.num_classes - (self.dropout_prob == 0):
+        if labels.device.type != "meta" and (labels.min() < 0 or labels.max() > self.num_classes - (self.dropout_prob == 0)):
             raise ValueError(f"labels must lie in [0, {self.num_classes - 1}] (or {self.num_classes} = null class "
                              f"when dropout_prob > 0), got range [{labels.min().item()}, {labels.max().item()}]")
         if (train and self.dropout_prob > 0) or force_drop_ids is not None:
@@ -140,9 +139,7 @@ class LabelEmbedder(nn.Module):
         return self.embedding_table(labels)  # (N, D)
 
 
-# ----------------------------------------------------------------------------------------------
-#  Core DiT model
-# ----------------------------------------------------------------------------------------------
+# ---- Core DiT model --------------------------------------------------------------------------
 
 
 class Attention(nn.Module):
@@ -254,12 +251,9 @@ class DiT(nn.Module):
                            hidden_size=hidden_size, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
                            class_dropout_prob=class_dropout_prob, num_classes=num_classes,
                            learn_sigma=learn_sigma, freq_shift=freq_shift)
-        self.learn_sigma = learn_sigma
-        self.in_channels = in_channels
+        self.learn_sigma, self.in_channels, self.patch_size = learn_sigma, in_channels, patch_size
         self.out_channels = in_channels * 2 if learn_sigma else in_channels
-        self.patch_size = patch_size
-        self.num_heads = num_heads
-        self.num_classes = num_classes
+        self.num_heads, self.num_classes = num_heads, num_classes
 
         self.x_embedder = PatchEmbed(input_size, patch_size, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size, freq_shift=freq_shift)
@@ -288,15 +282,11 @@ class DiT(nn.Module):
         nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        # Zero-out adaLN modulation layers in DiT blocks:
-        for block in self.blocks:
-            nn.init.constant_(block.adaLN_modulation[-1].weight, 0)
-            nn.init.constant_(block.adaLN_modulation[-1].bias, 0)
-        # Zero-out output layers:
-        nn.init.constant_(self.final_layer.adaLN_modulation[-1].weight, 0)
-        nn.init.constant_(self.final_layer.adaLN_modulation[-1].bias, 0)
-        nn.init.constant_(self.final_layer.linear.weight, 0)
-        nn.init.constant_(self.final_layer.linear.bias, 0)
+        # Zero-out adaLN modulation layers in DiT blocks, and the output layers:
+        final = self.final_layer
+        for layer in [b.adaLN_modulation[-1] for b in self.blocks] + [final.adaLN_modulation[-1], final.linear]:
+            nn.init.constant_(layer.weight, 0)
+            nn.init.constant_(layer.bias, 0)
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """(N, T, p*p*C_out) -> (N, C_out, H, W)."""
@@ -305,9 +295,7 @@ class DiT(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must be (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        t = torch.as_tensor(t, dtype=torch.float32, device=x.device)
-        if t.ndim == 0:
-            t = t.expand(x.shape[0])
+        t = as_time(t, x, dtype=torch.float32)  # (N,); float32: bfloat16 cannot hold 0..999 exactly
         x = self.x_embedder(x) + self.pos_embed  # (N, T, D), where T = H * W / patch_size ** 2
         t = self.t_embedder(t)                   # (N, D)
         y = self.y_embedder(y, self.training)    # (N, D)
@@ -318,26 +306,25 @@ class DiT(nn.Module):
         return self.unpatchify(x)                # (N, out_channels, H, W)
 
     def forward_with_cfg(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg_scale: float) -> torch.Tensor:
-        """Classifier-free guidance: out = uncond + s (cond - uncond), one batched pass with the null label.
-
-        Unlike DiT's ``forward_with_cfg`` (which takes a batch already doubled and guides only the first
-        3 channels), ``x`` and ``y`` here are the conditional batch and every channel is guided.
-        """
+        """Classifier-free guidance in one batched pass with the null label. Unlike DiT's ``forward_with_cfg``
+        (a batch already doubled, only 3 channels guided), x and y are the conditional batch, all channels guided."""
         if self.y_embedder.dropout_prob <= 0:
             raise RuntimeError("classifier-free guidance needs a model trained with class_dropout_prob > 0 (a null label)")
         n = x.shape[0]
-        t = torch.as_tensor(t, dtype=torch.float32, device=x.device)
-        t = t.expand(n) if t.ndim == 0 else t
+        t = as_time(t, x, dtype=torch.float32)
         null = torch.full_like(y, self.num_classes)
         out = self.forward(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))
-        cond, uncond = out[:n], out[n:]
-        # eps = eps_uncond + s * (eps_cond - eps_uncond)
-        return uncond + cfg_scale * (cond - uncond)
+        return classifier_free_guidance(out[:n], out[n:], cfg_scale)
 
 
-# ----------------------------------------------------------------------------------------------
-#  Named configs (DiT paper Table 1) and the course's digits model
-# ----------------------------------------------------------------------------------------------
+def classifier_free_guidance(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance (Ho & Salimans): ``scale`` = 1 gives the conditional prediction, 0 the
+    unconditional one, > 1 pushes away from the unconditional one (sharper, less varied class samples)."""
+    # eps = eps_uncond + s * (eps_cond - eps_uncond)
+    return uncond + scale * (cond - uncond)
+
+
+# ---- Named configs (DiT paper Table 1) and the course's digits model -------------------------
 
 _SIZES = {"XL": (28, 1152, 16), "L": (24, 1024, 16), "B": (12, 768, 12), "S": (12, 384, 6)}
 DiT_models: dict[str, dict] = {f"DiT-{name}/{p}": dict(depth=d, hidden_size=h, num_heads=nh, patch_size=p)
@@ -368,228 +355,3 @@ def dit_gflops(input_size: int = 32, patch_size: int = 2, hidden_size: int = 115
     embed = t * d * patch_size ** 2 * in_channels + frequency_embedding_size * d + d * d
     final = 2 * d * d + t * d * patch_size ** 2 * out
     return (depth * block + embed + final) / 1e9
-
-
-# ----------------------------------------------------------------------------------------------
-#  diffusers DiTTransformer2DModel weight mapping
-# ----------------------------------------------------------------------------------------------
-
-
-def diffusers_config(model: DiT) -> dict:
-    """The ``DiTTransformer2DModel`` config with the same architecture as ``model``.
-
-    diffusers uses eps 1e-6 in the first norm and ``norm_eps`` in the second, and
-    ``downscale_freq_shift=1`` in its timestep frequencies, so exact parity needs ``freq_shift=1``.
-    """
-    c = model.config
-    if c["mlp_ratio"] != 4.0:
-        raise ValueError("diffusers' DiT block has a fixed 4x MLP; mlp_ratio must be 4.0")
-    if c["class_dropout_prob"] <= 0:
-        raise ValueError("diffusers' LabelEmbedding always has the null row here; use class_dropout_prob > 0")
-    return dict(num_attention_heads=c["num_heads"], attention_head_dim=c["hidden_size"] // c["num_heads"],
-                in_channels=c["in_channels"], out_channels=model.out_channels, num_layers=c["depth"],
-                sample_size=c["input_size"], patch_size=c["patch_size"], num_embeds_ada_norm=c["num_classes"],
-                norm_eps=1e-6, activation_fn="gelu-approximate", attention_bias=True, norm_type="ada_norm_zero",
-                norm_elementwise_affine=False)
-
-
-def to_diffusers_state_dict(model: DiT) -> dict[str, torch.Tensor]:
-    """Rename a course ``DiT`` state dict into ``DiTTransformer2DModel`` keys (as diffusers'
-    ``scripts/convert_dit_to_diffusers.py`` does: the t/y embedders are copied into every block's ``norm1.emb``)."""
-    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    out = {"pos_embed.proj.weight": sd["x_embedder.proj.weight"], "pos_embed.proj.bias": sd["x_embedder.proj.bias"],
-           "proj_out_1.weight": sd["final_layer.adaLN_modulation.1.weight"],
-           "proj_out_1.bias": sd["final_layer.adaLN_modulation.1.bias"],
-           "proj_out_2.weight": sd["final_layer.linear.weight"], "proj_out_2.bias": sd["final_layer.linear.bias"]}
-    for i in range(model.config["depth"]):
-        b, o = f"blocks.{i}.", f"transformer_blocks.{i}."
-        e = o + "norm1.emb."
-        out[e + "timestep_embedder.linear_1.weight"] = sd["t_embedder.mlp.0.weight"].clone()
-        out[e + "timestep_embedder.linear_1.bias"] = sd["t_embedder.mlp.0.bias"].clone()
-        out[e + "timestep_embedder.linear_2.weight"] = sd["t_embedder.mlp.2.weight"].clone()
-        out[e + "timestep_embedder.linear_2.bias"] = sd["t_embedder.mlp.2.bias"].clone()
-        out[e + "class_embedder.embedding_table.weight"] = sd["y_embedder.embedding_table.weight"].clone()
-        out[o + "norm1.linear.weight"] = sd[b + "adaLN_modulation.1.weight"]
-        out[o + "norm1.linear.bias"] = sd[b + "adaLN_modulation.1.bias"]
-        # the fused qkv (3D, D) splits into to_q, to_k, to_v
-        for name, w in zip(("to_q", "to_k", "to_v"), sd[b + "attn.qkv.weight"].chunk(3, dim=0)):
-            out[o + f"attn1.{name}.weight"] = w.clone()
-        for name, w in zip(("to_q", "to_k", "to_v"), sd[b + "attn.qkv.bias"].chunk(3, dim=0)):
-            out[o + f"attn1.{name}.bias"] = w.clone()
-        out[o + "attn1.to_out.0.weight"] = sd[b + "attn.proj.weight"]
-        out[o + "attn1.to_out.0.bias"] = sd[b + "attn.proj.bias"]
-        out[o + "ff.net.0.proj.weight"] = sd[b + "mlp.fc1.weight"]
-        out[o + "ff.net.0.proj.bias"] = sd[b + "mlp.fc1.bias"]
-        out[o + "ff.net.2.weight"] = sd[b + "mlp.fc2.weight"]
-        out[o + "ff.net.2.bias"] = sd[b + "mlp.fc2.bias"]
-    return out
-
-
-def from_diffusers_state_dict(sd: dict[str, torch.Tensor], model: DiT) -> DiT:
-    """Load ``DiTTransformer2DModel`` weights into a course ``DiT`` (the inverse of ``to_diffusers_state_dict``;
-    the embedders are taken from block 0). Strict: every key must be used."""
-    ref = to_diffusers_state_dict(model)
-    missing = sorted(set(ref) - set(sd))
-    if missing:
-        raise RuntimeError(f"diffusers state dict lacks {len(missing)} keys, e.g. {missing[:3]}")
-    e, new = "transformer_blocks.0.norm1.emb.", {}
-    new["x_embedder.proj.weight"], new["x_embedder.proj.bias"] = sd["pos_embed.proj.weight"], sd["pos_embed.proj.bias"]
-    new["t_embedder.mlp.0.weight"] = sd[e + "timestep_embedder.linear_1.weight"]
-    new["t_embedder.mlp.0.bias"] = sd[e + "timestep_embedder.linear_1.bias"]
-    new["t_embedder.mlp.2.weight"] = sd[e + "timestep_embedder.linear_2.weight"]
-    new["t_embedder.mlp.2.bias"] = sd[e + "timestep_embedder.linear_2.bias"]
-    new["y_embedder.embedding_table.weight"] = sd[e + "class_embedder.embedding_table.weight"]
-    new["final_layer.adaLN_modulation.1.weight"], new["final_layer.adaLN_modulation.1.bias"] = sd["proj_out_1.weight"], sd["proj_out_1.bias"]
-    new["final_layer.linear.weight"], new["final_layer.linear.bias"] = sd["proj_out_2.weight"], sd["proj_out_2.bias"]
-    for i in range(model.config["depth"]):
-        b, o = f"blocks.{i}.", f"transformer_blocks.{i}."
-        new[b + "adaLN_modulation.1.weight"], new[b + "adaLN_modulation.1.bias"] = sd[o + "norm1.linear.weight"], sd[o + "norm1.linear.bias"]
-        new[b + "attn.qkv.weight"] = torch.cat([sd[o + f"attn1.{n}.weight"] for n in ("to_q", "to_k", "to_v")])
-        new[b + "attn.qkv.bias"] = torch.cat([sd[o + f"attn1.{n}.bias"] for n in ("to_q", "to_k", "to_v")])
-        new[b + "attn.proj.weight"], new[b + "attn.proj.bias"] = sd[o + "attn1.to_out.0.weight"], sd[o + "attn1.to_out.0.bias"]
-        new[b + "mlp.fc1.weight"], new[b + "mlp.fc1.bias"] = sd[o + "ff.net.0.proj.weight"], sd[o + "ff.net.0.proj.bias"]
-        new[b + "mlp.fc2.weight"], new[b + "mlp.fc2.bias"] = sd[o + "ff.net.2.weight"], sd[o + "ff.net.2.bias"]
-    new["pos_embed"] = model.pos_embed.data.clone()
-    model.load_state_dict(new, strict=True)
-    return model
-
-
-def to_diffusers(model: DiT):
-    """A ``diffusers.DiTTransformer2DModel`` carrying ``model``'s weights (eval mode)."""
-    from diffusers import DiTTransformer2DModel
-
-    ref = DiTTransformer2DModel(**diffusers_config(model))
-    ref.load_state_dict(to_diffusers_state_dict(model), strict=True)
-    return ref.eval()
-
-
-def from_diffusers(ref) -> DiT:
-    """A course ``DiT`` built from a ``DiTTransformer2DModel`` (its config and weights); ``freq_shift=1``."""
-    c = ref.config
-    hidden = c.num_attention_heads * c.attention_head_dim
-    out_channels = c.out_channels if c.out_channels is not None else c.in_channels
-    if out_channels not in (c.in_channels, 2 * c.in_channels):
-        raise ValueError(f"out_channels must be C or 2C, got {out_channels} for C={c.in_channels}")
-    model = DiT(input_size=c.sample_size, patch_size=c.patch_size, in_channels=c.in_channels, hidden_size=hidden,
-                depth=c.num_layers, num_heads=c.num_attention_heads, num_classes=c.num_embeds_ada_norm,
-                learn_sigma=out_channels == 2 * c.in_channels, class_dropout_prob=0.1, freq_shift=1)
-    return from_diffusers_state_dict(ref.state_dict(), model).eval()
-
-
-# ----------------------------------------------------------------------------------------------
-#  Generating and judging digits (notebooks 09-10; scripts/train_digits.py, benchmarks/bench_digits.py)
-# ----------------------------------------------------------------------------------------------
-
-
-def velocity_fn(model, y: torch.Tensor, guidance: float = 1.0, time_scale: float = 1000.0):
-    """A ``v(x, t)`` closure for ``flow.euler_sample`` from a class-conditional DiT (course ``DiT`` or
-    diffusers ``DiTTransformer2DModel``) predicting the rectified-flow velocity in its first C channels.
-
-    The network sees ``time_scale * t`` (SD3's timesteps = 1000 sigma). ``guidance`` w gives
-    v = v_uncond + w (v_cond - v_uncond); w = 1 is the plain conditional model.
-    """
-    num_classes = model.config["num_classes"] if isinstance(model, DiT) else model.config.num_embeds_ada_norm
-    in_channels = model.config["in_channels"] if isinstance(model, DiT) else model.config.in_channels
-
-    def net(x, t, labels):
-        out = model(x, time_scale * t, labels)
-        out = out if torch.is_tensor(out) else out.sample
-        return out[:, :in_channels]
-
-    def v(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if guidance == 1.0:
-            return net(x, t, y)
-        n = x.shape[0]
-        null = torch.full_like(y, num_classes)
-        out = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))
-        cond, uncond = out[:n], out[n:]
-        # v = v_uncond + w (v_cond - v_uncond)
-        return uncond + guidance * (cond - uncond)
-    return v
-
-
-class DigitsClassifier(nn.Module):
-    """A small CNN on 8x8 digits in [-1, 1] that judges generated samples (notebook 09)."""
-
-    def __init__(self, width: int = 32, num_classes: int = 10):
-        super().__init__()
-        self.config = dict(width=width, num_classes=num_classes)
-        self.features = nn.Sequential(
-            nn.Conv2d(1, width, 3, padding=1), nn.GELU(), nn.Conv2d(width, 2 * width, 3, padding=1), nn.GELU(),
-            nn.MaxPool2d(2))  # (N, 2w, 4, 4)
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(2 * width * 16, 128), nn.GELU(),
-                                  nn.Linear(128, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1:] != (1, 8, 8):
-            raise ValueError(f"DigitsClassifier expects (N, 1, 8, 8) images in [-1, 1], got {tuple(x.shape)}")
-        return self.head(self.features(x))  # (N, 10) logits
-
-
-def save_classifier(model: DigitsClassifier, folder) -> None:
-    """``model.safetensors`` + ``config.json`` (no pickles)."""
-    import json
-    from pathlib import Path
-
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps(model.config, indent=2) + "\n")
-
-
-def load_classifier(folder) -> DigitsClassifier:
-    """Load the course's digits classifier (``hub.resolve("course/digits-classifier")``), eval mode."""
-    import json
-    from pathlib import Path
-
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    if not (folder / "model.safetensors").is_file():
-        raise RuntimeError(f"no model.safetensors in {folder}; run `python scripts/train_digits.py`")
-    model = DigitsClassifier(**json.loads((folder / "config.json").read_text()))
-    model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
-    return model.eval()
-
-
-@torch.no_grad()
-def class_consistency(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
-    """Fraction of images the classifier assigns to the class they were generated for."""
-    pred = torch.cat([classifier(b).argmax(-1) for b in images.split(1024)])
-    return float((pred == labels).float().mean())
-
-
-def within_class_distance(images: torch.Tensor, labels: torch.Tensor) -> float:
-    """Mean over classes of the mean pairwise L2 distance between images of the same class."""
-    flat = images.flatten(1).double()
-    dists = []
-    for c in labels.unique():
-        xc = flat[labels == c]
-        if len(xc) < 2:
-            continue
-        d = torch.cdist(xc, xc)
-        dists.append(d.sum() / (len(xc) * (len(xc) - 1)))  # off-diagonal mean
-    if not dists:
-        raise ValueError("need at least two images of some class to measure diversity")
-    return float(torch.stack(dists).mean())
-
-
-def diversity_ratio(samples: torch.Tensor, labels: torch.Tensor, real: torch.Tensor, real_labels: torch.Tensor) -> float:
-    """Within-class mean pairwise distance of ``samples`` as a fraction of the real data's (1 = as diverse;
-    blurry class means give 0)."""
-    return within_class_distance(samples, labels) / within_class_distance(real, real_labels)
-
-
-@torch.no_grad()
-def sample_digits(model, labels: torch.Tensor, steps: int = 10, guidance: float = 1.0, *, shift: float = 1.0,
-                  generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
-                  clamp: bool = True) -> torch.Tensor:
-    """Euler rectified-flow samples (N, 1, 8, 8) in [-1, 1] for the given class ``labels``."""
-    from .flow import euler_sample
-
-    if noise is None:
-        noise = torch.randn(len(labels), 1, 8, 8, generator=generator)
-    x = euler_sample(velocity_fn(model, labels, guidance), noise, steps, shift=shift)
-    return x.clamp(-1, 1) if clamp else x

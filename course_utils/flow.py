@@ -4,8 +4,10 @@ Convention (SD3, minRF): t = 0 is data, t = 1 is noise,
     x_t = (1 - t) x0 + t * noise,   v = dx_t/dt = noise - x0,
 and sampling integrates dx/dt = v(x, t) from t = 1 down to t = 0 (Euler: x <- x + (t_next - t) v).
 Public names: ``interpolate``, ``velocity_target``, ``sample_timesteps`` (``"uniform"`` or
-``"logit_normal"``), ``timestep_density``, ``shift_timesteps``, ``euler_sample``, plus the training
-loss ``rf_loss``, ``reflow_pairs`` (1-RF -> 2-RF), ``straightness`` and ``energy_distance``.
+``"logit_normal"``), ``timestep_density``, ``shift_timesteps``, ``sampling_times``, ``euler_step``,
+``euler_sample``, plus the training loss ``rf_loss``, ``reflow_pairs`` (1-RF -> 2-RF) and
+``straightness``. Sampling a class-conditional DiT with it is ``course_utils.recipes.digits``; the
+sample-set distances are in ``course_utils.evaluation``.
 """
 from __future__ import annotations
 
@@ -14,27 +16,16 @@ from typing import Callable
 
 import torch
 
-# The sample-set distance of notebook 08, re-exported for the rectified-flow chapter.
-from .diffusion import energy_distance  # noqa: F401
+from .diffusion import as_time, random_tensor
 
 TIMESTEP_KINDS = ("uniform", "logit_normal")
-
-
-def _t_like(t, x: torch.Tensor) -> torch.Tensor:
-    """Broadcast t (scalar or (N,)) against x (N, ...)."""
-    t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-    if t.ndim == 0:
-        return t
-    if t.ndim != 1 or t.shape[0] != x.shape[0]:
-        raise ValueError(f"t must be a scalar or of shape (N,) = ({x.shape[0]},), got {tuple(t.shape)}")
-    return t.reshape(-1, *([1] * (x.ndim - 1)))
 
 
 def interpolate(x0: torch.Tensor, noise: torch.Tensor, t) -> torch.Tensor:
     """x_t = (1 - t) x0 + t noise (t = 0 data, t = 1 noise, as in SD3); t scalar or (N,)."""
     if x0.shape != noise.shape:
         raise ValueError(f"x0 and noise must have the same shape, got {tuple(x0.shape)} and {tuple(noise.shape)}")
-    t = _t_like(t, x0)
+    t = as_time(t, x0, broadcast=True)  # (N, 1, ..., 1)
     return (1 - t) * x0 + t * noise
 
 
@@ -46,19 +37,20 @@ def velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
 
 
 def sample_timesteps(n: int, kind: str = "logit_normal", m: float = 0.0, s: float = 1.0,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+                     generator: torch.Generator | None = None, *, device=None,
+                     dtype: torch.dtype | None = None) -> torch.Tensor:
     """(n,) training times in (0, 1): ``"uniform"`` U(0, 1), or ``"logit_normal"`` t = sigmoid(u), u ~ N(m, s^2)
-    (SD3's re-weighting that favours the middle of the path)."""
+    (SD3's re-weighting that favours the middle of the path), on ``device`` in ``dtype``."""
     if kind not in TIMESTEP_KINDS:
         raise ValueError(f"kind must be one of {TIMESTEP_KINDS}, got {kind!r}")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     if kind == "uniform":
-        return torch.rand(n, generator=generator)
+        return random_tensor((n,), generator=generator, device=device, dtype=dtype, uniform=True)
     if s <= 0:
         raise ValueError(f"the logit-normal scale s must be > 0, got {s}")
     # t = sigmoid(u), u ~ N(m, s^2)
-    return torch.sigmoid(m + s * torch.randn(n, generator=generator))
+    return torch.sigmoid(m + s * random_tensor((n,), generator=generator, device=device, dtype=dtype))
 
 
 def timestep_density(t: torch.Tensor, kind: str = "logit_normal", m: float = 0.0, s: float = 1.0) -> torch.Tensor:
@@ -66,7 +58,7 @@ def timestep_density(t: torch.Tensor, kind: str = "logit_normal", m: float = 0.0
     pi_ln(t; m, s) = 1 / (s sqrt(2 pi)) * 1 / (t (1 - t)) * exp(-(logit(t) - m)^2 / (2 s^2))."""
     if kind not in TIMESTEP_KINDS:
         raise ValueError(f"kind must be one of {TIMESTEP_KINDS}, got {kind!r}")
-    t = torch.as_tensor(t, dtype=torch.float64)
+    t = torch.as_tensor(t, dtype=torch.float64, device=t.device if torch.is_tensor(t) else None)
     if kind == "uniform":
         return torch.ones_like(t)
     logit = torch.log(t) - torch.log1p(-t)
@@ -82,11 +74,11 @@ def shift_timesteps(t, shift: float) -> torch.Tensor:
     return shift * t / (1 + (shift - 1) * t)
 
 
-def sampling_times(steps: int, shift: float = 1.0) -> torch.Tensor:
-    """(steps + 1,) times from 1 (noise) to 0 (data), evenly spaced then shifted."""
+def sampling_times(steps: int, shift: float = 1.0, *, device=None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """(steps + 1,) times from 1 (noise) to 0 (data), evenly spaced then shifted, on ``device``."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    return shift_timesteps(torch.linspace(1.0, 0.0, steps + 1), shift)
+    return shift_timesteps(torch.linspace(1.0, 0.0, steps + 1, device=device, dtype=dtype), shift)
 
 
 def euler_step(x: torch.Tensor, v: torch.Tensor, t, t_next) -> torch.Tensor:
@@ -101,15 +93,19 @@ def euler_sample(model: Callable, noise: torch.Tensor, steps: int = 10, *, shift
 
     ``model(x, t)`` returns the velocity, with t of shape (N,) in [0, 1] (wrap a class-conditional
     model in a lambda). ``times`` overrides the schedule (a decreasing (steps + 1,) tensor from 1 to 0).
+    The time grid lives on noise's device in float32 at least (bfloat16 would merge close times);
+    the model sees t in noise's dtype.
     Returns x_0, or (x_0, trajectory (steps + 1, N, ...)) with ``return_trajectory``.
     """
-    times = sampling_times(steps, shift) if times is None else torch.as_tensor(times, dtype=torch.float32)
-    if times.ndim != 1 or len(times) < 2 or not bool((times[1:] < times[:-1]).all()):
+    dtype = torch.promote_types(noise.dtype, torch.float32)
+    times = (sampling_times(steps, shift, device=noise.device, dtype=dtype) if times is None
+             else torch.as_tensor(times, dtype=dtype).to(noise.device))
+    if times.ndim != 1 or len(times) < 2 or (times.device.type != "meta" and not bool((times[1:] < times[:-1]).all())):
         raise ValueError("times must be a decreasing 1-D tensor of at least 2 values (from 1 to 0)")
     x = noise
     traj = [x]
     for t, t_next in zip(times[:-1], times[1:]):
-        v = model(x, t.expand(x.shape[0]).to(x))
+        v = model(x, as_time(t, x))
         # x_{t_next} = x_t + (t_next - t) v(x_t, t)
         x = euler_step(x, v, t, t_next)
         if return_trajectory:
@@ -124,9 +120,11 @@ def rf_loss(model: Callable, x0: torch.Tensor, *, kind: str = "logit_normal", m:
     ``noise`` defaults to N(0, I); passing paired noise (from ``reflow_pairs``) gives the reflow loss.
     """
     noise = torch.randn_like(x0) if noise is None else noise
-    t = sample_timesteps(x0.shape[0], kind, m, s).to(x0) if t is None else t
+    t = sample_timesteps(x0.shape[0], kind, m, s, device=x0.device, dtype=x0.dtype) if t is None else t
+    # x_t = (1 - t) x0 + t noise
     x_t = interpolate(x0, noise, t)
     v = model(x_t, t, **model_kwargs)
+    # || v_theta(x_t, t) - (noise - x0) ||^2
     return ((v - velocity_target(x0, noise)) ** 2).mean()
 
 
@@ -142,11 +140,10 @@ def straightness(trajectory: torch.Tensor, times: torch.Tensor | None = None) ->
     k = trajectory.shape[0] - 1
     if k < 1:
         raise ValueError("a trajectory needs at least two states")
-    times = torch.linspace(1.0, 0.0, k + 1) if times is None else torch.as_tensor(times)
+    times = (torch.linspace(1.0, 0.0, k + 1, device=trajectory.device) if times is None
+             else torch.as_tensor(times).to(trajectory.device))
     dt = (times[1:] - times[:-1]).to(trajectory).reshape(-1, *([1] * (trajectory.ndim - 1)))
     vel = (trajectory[1:] - trajectory[:-1]) / dt                       # (K, N, ...) dX/dt per segment
     overall = (trajectory[-1] - trajectory[0]) / (times[-1] - times[0])  # (N, ...) mean velocity
     dev = ((vel - overall) ** 2).flatten(2).sum(-1).mean(-1)            # (K,)
     return float((dev * dt.abs().flatten()).sum())
-
-
