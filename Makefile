@@ -28,9 +28,13 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 help:
 	@echo "make course     - open JupyterLab on notebooks/ (offline, course models)"
 	@echo "make test       - unit + parity tests, every notebook under nbval (fast mode), every notebook in full mode"
+	@echo "make test-full  - only the full-mode pass over the notebooks"
 	@echo "make html       - execute every notebook headlessly into build/html/ (for publishing)"
 	@echo "make outputs    - re-execute the notebooks in place (fast mode) to refresh stored outputs"
 	@echo "make benchmark  - timings, memory and model quality into build/benchmark.md"
+	@echo "make labs       - student versions of the graded labs -> build/labs/release/"
+	@echo "make grade-lab LAB=lab_clip SUBMISSION=x.ipynb / make grade-labs LAB=lab_clip FOLDER=dir - autograde (nbgrader, offline)"
+	@echo "make slides     - every notebook as an offline reveal.js deck -> build/slides/ (live: Alt+R in JupyterLab)"
 	@echo "make install    - only create/update the virtual environment in $(VENV)"
 
 $(STAMP): pyproject.toml constraints.txt
@@ -76,3 +80,22 @@ lock: $(STAMP)
 clean:
 	rm -rf build .pytest_cache
 	find . -name __pycache__ -prune -not -path "./$(VENV)/*" -exec rm -rf {} +
+
+# Graded labs (labs/source/<lab>/<lab>.ipynb) with nbgrader, offline (sqlite gradebook); outputs under build/labs/.
+.PHONY: labs grade-lab grade-labs
+labs: $(STAMP)
+	$(BIN)/python scripts/labs.py generate $(LAB)
+
+grade-lab: $(STAMP)
+	@test -n "$(LAB)" -a -n "$(SUBMISSION)" || { echo "usage: make grade-lab LAB=lab_clip SUBMISSION=path/to/lab_clip.ipynb"; exit 2; }
+	$(BIN)/python scripts/labs.py grade $(LAB) $(SUBMISSION)
+
+grade-labs: $(STAMP)
+	@test -n "$(LAB)" -a -n "$(FOLDER)" || { echo "usage: make grade-labs LAB=lab_clip FOLDER=path/to/submissions"; exit 2; }
+	$(BIN)/python scripts/labs.py grade-folder $(LAB) $(FOLDER)
+
+# Lecture mode: each notebook as an offline reveal.js deck of its stored outputs -> build/slides/NN_name.slides.html.
+.PHONY: slides
+slides: $(STAMP)
+	$(BIN)/python scripts/slides.py --build
+	@echo "Open build/slides/<notebook>.slides.html in a browser (offline). Live slideshow: make course, then Alt+R."
