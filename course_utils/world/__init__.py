@@ -3,6 +3,7 @@
 - ``shapes``: Shapes World scenes, captions, QA, splits and the caption / QA datasets (notebook 00);
 - ``data``: the shipped photographs and scikit-learn's hand-written digits;
 - ``toys``: the 2-D toy data sets of notebook 08 (moons, swiss roll, ...);
+- ``instruct``: LLaVA-style instruction data grounded in a scene's truth, and its fact checker (notebook 02);
 - ``text``: tokenizers over the course's own text (CLIP BPE restricted to Shapes World, word-level
   Llama vocabulary) and the text augmentation the course models train with.
 
