@@ -50,7 +50,7 @@ course: $(STAMP)
 
 test: $(STAMP)
 	$(HEADLESS_ENV) $(BIN)/python -m pytest -q
-	env -u COURSE_FAST $(FULL_ENV) $(BIN)/python -m pytest -q -m full_mode tests/test_full_mode.py
+	env -u COURSE_FAST $(FULL_ENV) $(BIN)/python -m pytest -q -m full_mode --durations=0 tests/test_full_mode.py
 
 test-unit: $(STAMP)
 	$(HEADLESS_ENV) $(BIN)/python -m pytest -q tests
@@ -59,7 +59,7 @@ test-notebooks: $(STAMP)
 	$(HEADLESS_ENV) $(BIN)/python -m pytest -q notebooks
 
 test-full: $(STAMP)
-	env -u COURSE_FAST $(FULL_ENV) $(BIN)/python -m pytest -q -m full_mode tests/test_full_mode.py
+	env -u COURSE_FAST $(FULL_ENV) $(BIN)/python -m pytest -q -m full_mode --durations=0 tests/test_full_mode.py
 
 html: $(STAMP)
 	mkdir -p build/html
