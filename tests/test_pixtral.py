@@ -206,3 +206,21 @@ def test_pipeline_recipe_on_a_hub_shaped_random_model():
     assert isinstance(out["answer"], str)
     enc = proc(images=[wide, tall], text=RP.prompt("x", 2), return_tensors="pt")
     assert RP.tower_parity(model, enc["pixel_values"], enc["image_sizes"]) < 1e-5
+
+
+def test_online_loading_call_on_a_saved_hub_shaped_model(tmp_path):
+    """``load_pixtral`` exactly as notebook 06 calls it online (``dtype=cfg.dtype``, device map "auto"), on a
+    tiny pixtral-12b-shaped model saved with its processor: the reloaded model answers like the original."""
+    model = RP.hub_shaped_model(FIXTURE)
+    cfg = model.config
+    proc = RP.tiny_processor(longest_edge=cfg.vision_config.image_size, patch_size=cfg.vision_config.patch_size)
+    model.save_pretrained(tmp_path)
+    proc.save_pretrained(tmp_path)
+    loaded, loaded_proc = RP.load_pixtral(str(tmp_path), dtype=torch.float32)
+    assert type(loaded).__name__ == "LlavaForConditionalGeneration" and not loaded.training
+    img = Image.new("RGB", (96, 48), "green")
+    a = RP.ask(model, proc, [img], "describe the images .", max_new_tokens=3)
+    b = RP.ask(loaded, loaded_proc, [img], "describe the images .", max_new_tokens=3)
+    assert a["input_ids"].tolist() == b["input_ids"].tolist()
+    assert torch.allclose(a["image_features"], b["image_features"], atol=1e-6)
+    assert a["answer"] == b["answer"]
