@@ -42,6 +42,7 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, ... (the shipped model was trained on the CPU)")
     ap.add_argument("--out", default=None, help="folder to save_pretrained the model and processor into")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -50,7 +51,7 @@ def main(argv=None):
     log = functools.partial(print, flush=True)
     t0 = time.perf_counter()
     tok = R.build_tokenizer()
-    model = R.build_model(tok)
+    model = R.build_model(tok).to(args.device)
     train_scenes = R.scenes_1_to_3("train", args.train_scenes)
     images = shapes.render_batch(train_scenes)
     test_scenes = R.scenes_1_to_3("test", args.test_scenes)
@@ -77,7 +78,7 @@ def main(argv=None):
     judge("stage 2")
     print(json.dumps(report))
     if args.out:
-        model.save_pretrained(args.out)
+        model.cpu().save_pretrained(args.out)
         R.build_processor(tok).save_pretrained(args.out)
 
 

@@ -209,10 +209,12 @@ def train(model, tokenizer, images, examples, stage: StageConfig, seed: int = 0,
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
     sched = cosine_schedule(opt, stage.steps, stage.warmup)
     n_img = model.config.image_seq_length
+    device = model.device
     model.train()
     losses, t0 = [], time.perf_counter()
     for step in range(stage.steps):
         batch = collate(tokenizer, n_img, images, [rng.choice(examples) for _ in range(stage.batch_size)])
+        batch = {k: v.to(device) for k, v in batch.items()}
         loss = model(**batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -239,10 +241,11 @@ def answer(model, tokenizer, images, batch, max_new_tokens: int = 4, use_image: 
     attn = torch.zeros_like(ids)
     for k, e in enumerate(enc):                  # left padding for generation
         ids[k, t - len(e):], attn[k, t - len(e):] = torch.tensor(e), 1
-    extra = {"pixel_values": clip.normalize_images(images[[i for i, *_ in batch]])} if use_image else {}
-    out = model.generate(input_ids=ids, attention_mask=attn, **extra, max_new_tokens=max_new_tokens,
+    extra = ({"pixel_values": clip.normalize_images(images[[i for i, *_ in batch]]).to(model.device, model.dtype)}
+             if use_image else {})
+    out = model.generate(input_ids=ids.to(model.device), attention_mask=attn.to(model.device), **extra, max_new_tokens=max_new_tokens,
                          do_sample=False, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad)
-    return [tokenizer.decode(o[t:], skip_special_tokens=True).strip() for o in out]
+    return [tokenizer.decode(o[t:].cpu(), skip_special_tokens=True).strip() for o in out]
 
 
 def evaluate(model, tokenizer, images, examples, batch_size: int = 128, use_image: bool = True) -> dict:
