@@ -23,8 +23,8 @@ import pytest
 
 from course_utils.recipes import grading
 
-LABS = ["lab_clip", "lab_llama3", "lab_dit", "lab_rectified_flow", "lab_diffusionclip"]
-POINTS = {"lab_clip": 9, "lab_llama3": 17, "lab_dit": 7, "lab_rectified_flow": 11, "lab_diffusionclip": 6}
+LABS = ["lab_clip", "lab_llava", "lab_llama3", "lab_pixtral", "lab_dit", "lab_rectified_flow", "lab_diffusionclip"]
+POINTS = {"lab_clip": 9, "lab_llava": 8, "lab_llama3": 17, "lab_pixtral": 8, "lab_dit": 7, "lab_rectified_flow": 11, "lab_diffusionclip": 6}
 # the course's cell timeout (60 s) for every submission but the endless loop, graded with a shorter one
 # (still above the setup cell's `import torch` on a busy 2-core machine)
 TIMEOUT = 60
@@ -41,10 +41,29 @@ MISTAKES = {
                                               "logits = logit_scale * logit_scale * image_features")]},
                               {"test_clip_temperatura"}),
     },
+    "lab_llava": {
+        "no_rounding": ({"format_box": [("round(float(v), 3)", "float(v)")]}, {"test_caja", "test_contexto"}),
+        "features_prepended": ({"merge": [(
+            "return inputs_embeds.masked_scatter(mask.unsqueeze(-1).expand_as(inputs_embeds), image_features.to(inputs_embeds.dtype))",
+            "return torch.cat([image_features.to(inputs_embeds.dtype), inputs_embeds[:, image_features.shape[1]:]], dim=1)")]},
+            {"test_merge_posiciones"}),
+        "labels_on_image": ({"labels": [("answer_mask.bool() & (input_ids != image_token_id)", "answer_mask.bool()")]},
+                            {"test_etiquetas"}),
+    },
     "lab_llama3": {
         "theta_10000": ({"rope_frequencies": [("theta=500_000.0", "theta=10_000.0")]}, {"test_rope_theta_llama3"}),
         "gqa_without_repeat_kv": ({"gqa": [("k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)", "pass")]},
                                   {"test_gqa_forma", "test_gqa_grupos"}),
+    },
+    "lab_pixtral": {
+        "every_pair_by_i": ({"angulos": [("torch.where(odd_k, i * freqs, j * freqs)", "i * freqs")]},
+                            {"test_angulos", "test_rope_aplicar"}),
+        "rotate_halves": ({"aplicar": [("x1, x2 = x[..., 0::2], x[..., 1::2]",
+                                        "x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]")]},
+                          {"test_rope_aplicar"}),
+        "images_see_each_other": ({"empaquetado": [("return ids[:, None] == ids[None, :]",
+                                                    "return torch.ones(len(ids), len(ids), dtype=torch.bool)")]},
+                                  {"test_mascara", "test_empaquetado"}),
     },
     "lab_dit": {
         "gates_at_one": ({"dit_block": [(
