@@ -1,20 +1,19 @@
 """Train the tiny LLaVA of notebook 03 (course_utils.recipes.llava): stage 1 aligns the projector on captions
-(everything else frozen), stage 2 trains projector + language model (and optionally the top of the vision
-tower) on Shapes World questions, balanced by type. Prints exact match per type on held-out test scenes,
-with the image and without it (text-only baseline).
+(everything else frozen), stage 2 trains projector + language model (and the vision tower's layers) on Shapes
+World questions, balanced by type. Prints exact match per type on held-out test scenes, with the image and
+without it (text-only baseline), and with ``--out`` saves the model, its processor and training_info.json.
 
-    nice -n 15 python scripts/train_llava.py --stage1-steps 100 --stage2-steps 1600 --tower-layers 4 --tower-lr 1e-3
+    python scripts/train_llava.py --out data/models/llava-shapes    # the shipped model (defaults below)
 
-Measured here (2 cores shared with other jobs, batch 48, 20,000 train scenes of 1-3 objects, mlp2x_gelu,
-exact match on 100 held-out test questions per type; stage 1 = 100 projector-only steps on captions):
-  stage 1 only                                   0.000 (answers with captions, as expected)
-  stage 2, 800 steps, top 2 tower layers @ 3e-4  0.470  color .51 count .72 existence .51 position .19 shape .42
-  stage 2, 800 steps, whole tower @ 1e-3         0.476  color .52 count .68 existence .51 position .33 shape .34
-  stage 2, 1600 steps, whole tower @ 1e-3        0.582  color .62 count .74 existence .76 position .48 shape .31
-  stage 2, 1600 steps, LM 2e-3, tower @ 3e-4     0.562  color .65 count .76 existence .70 position .33 shape .37
-  stage 2, 3000 steps, LM 1e-3, tower @ 3e-4     0.734  color .73 count .84 existence .85 position .72 shape .53
-  (text only, same model without the image: 0.26-0.31.) Loss still falling (0.31 at 3000 steps, 15.5 min):
-  below the 85 % target, so nothing is shipped yet; longer training is the lever measured to help most.
+Measured here (exact match on 200 held-out test questions per type, scenes of 1-3 objects; batch 48,
+20,000 train scenes, mlp2x_gelu, stage 1 = 100 projector-only steps on captions, LM lr 1e-3):
+  stage 1 only                                         0.000  (answers with captions, as expected)
+  stage 2, 1500 steps, tower frozen (LLaVA's recipe)   0.596  color .65 count .79 existence .81 position .22 shape .52
+  stage 2, 6000 steps, whole tower @ 3e-4 (shipped)    0.786  color .79 count .85 existence .92 position .77 shape .60
+  text only (the shipped model without the image)      0.288
+Earlier runs (100 questions per type): 3000 steps, whole tower @ 3e-4: 0.734 (shape .53). The shipped run took
+47 min on the 2 shared cores next to other jobs (about 0.31 s per step alone, so ~33 min alone). Shape is what
+stays low (cross vs circle at 32 px): below the 85 % target of issue 9.
 """
 import argparse
 import functools
@@ -28,36 +27,45 @@ from course_utils.recipes import llava as R
 from course_utils.world import shapes
 
 
-def main(argv=None):
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train-scenes", type=int, default=20_000)
     ap.add_argument("--test-scenes", type=int, default=600)
     ap.add_argument("--eval-per-kind", type=int, default=200)
-    ap.add_argument("--stage1-steps", type=int, default=200)
+    ap.add_argument("--stage1-steps", type=int, default=100)
     ap.add_argument("--stage1-lr", type=float, default=2e-3)
-    ap.add_argument("--stage2-steps", type=int, default=1500)
+    ap.add_argument("--stage2-steps", type=int, default=6000)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--tower-lr", type=float, default=3e-4)
-    ap.add_argument("--tower-layers", type=int, default=0, help="top vision layers trained in stage 2 (0: frozen)")
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--tower-layers", type=int, default=4, help="top vision layers trained in stage 2 (0: frozen; 4: all)")
+    ap.add_argument("--batch-size", type=int, default=48)
+    ap.add_argument("--projector", choices=("mlp2x_gelu", "linear"), default="mlp2x_gelu",
+                    help="LLaVA-1.5's MLP, or LLaVA's linear H_v = W Z_v (two stacked linear maps, no activation)")
+    ap.add_argument("--oversample", default="", help="KIND:FACTOR,... draw these question kinds FACTOR times as often "
+                    "in stage 2 (e.g. shape:2); empty: all kinds equally")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu, cuda, ... (the shipped model was trained on the CPU)")
     ap.add_argument("--out", default=None, help="folder to save_pretrained the model and processor into")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
     log = functools.partial(print, flush=True)
     t0 = time.perf_counter()
     tok = R.build_tokenizer()
-    model = R.build_model(tok).to(args.device)
+    model = R.build_model(tok, projector_hidden_act={"mlp2x_gelu": "gelu", "linear": "linear"}[args.projector])
+    model = model.to(args.device)
     train_scenes = R.scenes_1_to_3("train", args.train_scenes)
     images = shapes.render_batch(train_scenes)
     test_scenes = R.scenes_1_to_3("test", args.test_scenes)
     test_images = shapes.render_batch(test_scenes)
     test = R.balanced(R.qa_examples(test_scenes), args.eval_per_kind, seed=1)
-    report = {"args": vars(args), "stages": []}
+    report = {"args": {k: v for k, v in vars(args).items() if k != "out"}, "stages": []}
 
     def judge(name):
         acc = R.evaluate(model, tok, test_images, test)
@@ -72,7 +80,11 @@ def main(argv=None):
                 R.StageConfig(args.stage1_steps, lr=args.stage1_lr, train_lm=False, batch_size=args.batch_size),
                 seed=args.seed, log_every=50, log=log)
         judge("stage 1")
-    R.train(model, tok, images, R.balanced(R.qa_examples(train_scenes), args.train_scenes, seed=args.seed),
+    stage2 = R.balanced(R.qa_examples(train_scenes), args.train_scenes, seed=args.seed)
+    for item in filter(None, args.oversample.split(",")):
+        kind, factor = item.split(":")
+        stage2 += [e for e in stage2 if e[3] == kind] * (int(factor) - 1)
+    R.train(model, tok, images, stage2,
             R.StageConfig(args.stage2_steps, lr=args.lr, tower_lr=args.tower_lr, tower_layers=args.tower_layers,
                           batch_size=args.batch_size), seed=args.seed + 1, log_every=100, log=log)
     judge("stage 2")
@@ -80,6 +92,11 @@ def main(argv=None):
     if args.out:
         model.cpu().save_pretrained(args.out)
         R.build_processor(tok).save_pretrained(args.out)
+        report["script"] = "scripts/train_llava.py"
+        report["parameters"] = sum(p.numel() for p in model.parameters())
+        with open(f"{args.out}/training_info.json", "w") as f:
+            json.dump(report, f, indent=2)
+            f.write("\n")
 
 
 if __name__ == "__main__":

@@ -74,6 +74,28 @@ def test_interact_draws_the_default_when_headless(monkeypatch):
     assert seen[-1] == 4 and w is not None
 
 
+def test_the_chat_widget_answers_headless_and_interactive(monkeypatch, capsys):
+    monkeypatch.setenv("COURSE_HEADLESS", "1")
+    shown, asked = [], []
+
+    def answer(item, question):
+        asked.append((item, question))
+        return f"{item}!"
+
+    assert widgets.chat(answer, {"uno": 1, "dos": 2}, shown.append, ["a?", "b?"]) is None
+    assert shown == [1] and asked == [(1, "a?"), (1, "b?")]
+    assert "[uno] vos: a?" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="at least one option"):
+        widgets.chat(answer, {}, shown.append, ["a?"])
+    monkeypatch.setenv("COURSE_HEADLESS", "0")
+    monkeypatch.delenv("CI", raising=False)
+    ui = widgets.chat(answer, {"uno": 1, "dos": 2}, shown.append, ["a?"])
+    pick, _, (box, send), _ = ui.children[0], ui.children[1], ui.children[2].children, ui.children[3]
+    pick.value = "dos"                      # another scene: redrawn
+    send.click()                            # the suggested question about it
+    assert shown[-1] == 2 and asked[-1] == (2, "a?")
+
+
 def test_figures_are_legible_on_a_projector():
     """Every text the plotting helpers draw is at least MIN_FONTSIZE, even when asked for less."""
     import course_utils

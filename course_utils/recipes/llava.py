@@ -10,6 +10,11 @@ train it in LLaVA's two stages, judge it by exact match on held-out scenes.
 - ``qa_examples`` / ``caption_examples`` / ``encode``: training sequences with labels -100 on the image and
   the prompt; ``train`` the loop (stage 1: projector only; stage 2: projector + LM, optionally the top of
   the tower); ``evaluate`` exact match per question type.
+- ``ask(model, processor, image, question)``: the calls of ``llava-hf/llava-1.5-7b-hf``'s model card
+  (``check_question`` rejects a missing image, an empty question or a hand-written ``<image>``);
+  ``load_llava(path)`` loads the course model or the hub one; ``hub_shaped_model`` + ``tiny_processor``
+  build a tiny random model with llava-1.5's structure (``<image>`` = 32000, ``<pad>`` = 32001) so the
+  same calls run offline in the tests.
 """
 from __future__ import annotations
 
@@ -158,9 +163,12 @@ def encode(tokenizer, n_image_tokens: int, question: str, answer: str | None):
     return ids + ans, [0] * len(ids) + [1] * len(ans)
 
 
-def collate(tokenizer, n_image_tokens: int, images: torch.Tensor, batch):
-    """Right-padded ``input_ids``, ``attention_mask``, ``labels`` (-100 off the answer), ``pixel_values``."""
-    enc = [encode(tokenizer, n_image_tokens, q, a) for _, q, a, _ in batch]
+def collate(tokenizer, n_image_tokens: int, images: torch.Tensor, batch, cache: dict | None = None):
+    """Right-padded ``input_ids``, ``attention_mask``, ``labels`` (-100 off the answer), ``pixel_values``.
+    ``cache``: a dict that keeps each (question, answer)'s encoding (training draws the same ones many times)."""
+    cache = {} if cache is None else cache
+    enc = [cache[q, a] if (q, a) in cache else cache.setdefault((q, a), encode(tokenizer, n_image_tokens, q, a))
+           for _, q, a, _ in batch]
     t = max(len(ids) for ids, _ in enc)
     pad = tokenizer.pad_token_id
     input_ids = torch.full((len(batch), t), pad, dtype=torch.long)
@@ -211,9 +219,9 @@ def train(model, tokenizer, images, examples, stage: StageConfig, seed: int = 0,
     n_img = model.config.image_seq_length
     device = model.device
     model.train()
-    losses, t0 = [], time.perf_counter()
+    losses, t0, cache = [], time.perf_counter(), {}
     for step in range(stage.steps):
-        batch = collate(tokenizer, n_img, images, [rng.choice(examples) for _ in range(stage.batch_size)])
+        batch = collate(tokenizer, n_img, images, [rng.choice(examples) for _ in range(stage.batch_size)], cache)
         batch = {k: v.to(device) for k, v in batch.items()}
         loss = model(**batch).loss
         opt.zero_grad(set_to_none=True)
@@ -260,11 +268,99 @@ def evaluate(model, tokenizer, images, examples, batch_size: int = 128, use_imag
     return acc
 
 
+def check_question(question, image) -> str:
+    """The chat's input rules: one image, and a question as text (the chat template places ``<image>``)."""
+    if image is None:
+        raise ValueError("LLaVA answers about an image: pass a PIL image (a Shapes World scene's .image, a photo)")
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"the question must be a non-empty string, got {question!r}")
+    if IMAGE_TOKEN in question:
+        raise ValueError(f"do not write {IMAGE_TOKEN} in the question: the chat template puts it (once) before "
+                         "the text, and the processor expands it into the image's tokens")
+    return question.strip()
+
+
+@torch.no_grad()
 def ask(model, processor, image, question: str, max_new_tokens: int = 8) -> str:
     """One question about one image, with exactly the calls of ``llava-hf/llava-1.5-7b-hf``'s model card:
     ``apply_chat_template`` -> processor -> ``generate`` -> decode the new tokens."""
+    question = check_question(question, image)
     conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
     inputs = processor(images=image, text=prompt, return_tensors="pt").to(model.device, model.dtype)
     out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     return processor.decode(out[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+# ============================================================================================
+# The real pipeline: llava-hf/llava-1.5-7b-hf, and a tiny random model with its structure
+# ============================================================================================
+HUB_ID = "llava-hf/llava-1.5-7b-hf"
+
+
+def load_llava(path: str, device=None, dtype=None):
+    """``(model, processor)``: ``LlavaForConditionalGeneration`` + ``AutoProcessor`` from ``path`` (a hub id such
+    as ``HUB_ID``, or a folder such as ``course/llava-shapes``'), on ``device`` in ``dtype`` (float16 or bfloat16
+    on a GPU for the 7B: ~14 GB)."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    processor = AutoProcessor.from_pretrained(path)
+    model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype or torch.float32)
+    return model.to(device or "cpu").eval(), processor
+
+
+def read_hub_config(config) -> dict:
+    """A hub-shaped config as a dict: a path to a JSON file or a dict; keys starting with ``_`` (notes) dropped."""
+    import json
+    from pathlib import Path
+
+    if isinstance(config, (str, Path)):
+        config = json.loads(Path(config).read_text(encoding="utf-8"))
+    if not isinstance(config, dict) or config.get("model_type") != "llava":
+        raise ValueError("expected a LLaVA config (model_type 'llava'), as llava-hf/llava-1.5-7b-hf's config.json")
+    if config.get("vision_config", {}).get("model_type") != "clip_vision_model":
+        raise ValueError("LLaVA-1.5's vision_config is a CLIP vision tower (model_type 'clip_vision_model')")
+    return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
+def hub_shaped_model(config, seed: int = 0):
+    """A tiny **random** ``LlavaForConditionalGeneration`` with llava-1.5-7b-hf's structure (same classes, image
+    and pad ids, vocabulary size, feature layer and strategy, activations; sizes shrunk). Its answers mean
+    nothing: it runs the online calls offline and checks shapes and token layouts."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    torch.manual_seed(seed)
+    return LlavaForConditionalGeneration._from_config(LlavaConfig.from_dict(read_hub_config(config)),
+                                                      attn_implementation="sdpa").eval()
+
+
+def tiny_processor(config, words=("what", "color", "is", "the", "circle", "?", "describe", "image", ".")):
+    """A ``LlavaProcessor`` for ``hub_shaped_model``: ``CLIPImageProcessor`` at the config's image size (OpenAI
+    CLIP mean/std, resize + center crop as CLIP ViT-L/14-336's) and a word-level tokenizer with Llama's
+    ``<unk>``/``<s>``/``</s>`` = 0/1/2, ``<image>`` at ``image_token_index`` and ``<pad>`` at ``pad_token_id``
+    (32000 / 32001 as in llava-1.5), the rest of the vocabulary filled with placeholders."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import CLIPImageProcessor, LlavaProcessor, PreTrainedTokenizerFast
+
+    cfg = read_hub_config(config)
+    n_vocab, image_id, pad_id = cfg["text_config"]["vocab_size"], cfg["image_token_index"], cfg["pad_token_id"]
+    fixed = {"<unk>": 0, "<s>": 1, "</s>": 2, IMAGE_TOKEN: image_id, "<pad>": pad_id}
+    names = iter(["user", "assistant", ":", *words])
+    vocab = {}
+    for i in range(n_vocab):
+        name = next((t for t, j in fixed.items() if j == i), None) or next(names, None) or f"<extra_{i}>"
+        vocab[name] = i
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.normalizer = normalizers.Lowercase()
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])  # Llama's BOS
+    tk.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                        pad_token="<pad>", extra_special_tokens={"image_token": IMAGE_TOKEN})
+    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    vc = cfg["vision_config"]
+    size = vc["image_size"]
+    image_processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=vc["patch_size"],
+                          vision_feature_select_strategy=cfg["vision_feature_select_strategy"],
+                          num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE)
