@@ -321,6 +321,23 @@ def test_llava_15_calls_run_on_a_hub_shaped_model(tmp_path):
         R.read_hub_config({"model_type": "mllama"})
 
 
+def test_the_llava_calls_and_the_bridge_follow_bfloat16():
+    from course_utils.bridges.transformers_llava import llava_from_hf
+    from course_utils.recipes import llava as R
+    from course_utils.world import shapes
+
+    model, processor = R.hub_shaped_model(LLAVA_15).to(torch.bfloat16), R.tiny_processor(LLAVA_15)
+    image = shapes.make_scene(7, size=64).image
+    assert len(R.ask(model, processor, image, "What color is the circle?", max_new_tokens=2).split()) == 2
+    inputs = processor(images=image, text="USER: <image>\nWhat is it? ASSISTANT:", return_tensors="pt")
+    ours = llava_from_hf(model)
+    assert next(ours.language_model.parameters()).dtype == torch.bfloat16
+    with torch.no_grad():
+        px = inputs["pixel_values"].to(torch.bfloat16)
+        want, got = model(input_ids=inputs["input_ids"], pixel_values=px).logits, ours(inputs["input_ids"], px)
+    assert got.dtype == torch.bfloat16 and (got.float() - want.float()).abs().max() < 0.1 * want.float().abs().max()
+
+
 def test_the_training_script_runs_both_stages_and_saves(tmp_path, capsys):
     import importlib.util
 
