@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 # Layers (CONTRIBUTING.md; tests/test_layers.py checks that every import points down):
 _SUBMODULES = {
     # 1. infrastructure
-    "chat", "config", "distributed", "hub", "io", "plotting", "training", "widgets",
+    "chat", "config", "distributed", "exercises", "hub", "io", "plotting", "training", "widgets",
     # 2. lecture: one module per lecture idea, torch and numpy only
     "clip", "llava", "llama", "mllama", "parallel", "rope", "pixtral", "diffusion", "dit", "flow", "evaluation", "diffusionclip",
     # 3. the course's world (``shapes`` and ``data`` are aliases of ``world.shapes`` / ``world.data``)

@@ -162,24 +162,6 @@ def setup(seed: int = 0, *, deterministic: bool = True, device: str | None = Non
 
 
 def _matplotlib_defaults() -> None:
-    try:
-        import matplotlib as mpl
-    except ImportError:  # plotting is optional for scripts
-        return
-    mpl.rcParams.update({
-        "figure.figsize": (6.0, 4.0),
-        "figure.dpi": 80,
-        "savefig.dpi": 100,
-        "axes.grid": False,
-        "axes.spines.top": False,
-        "axes.spines.right": False,
-        # legible on a projector (1280x720): nothing below 10 pt (course_utils.plotting.MIN_FONTSIZE)
-        "font.size": 11,
-        "axes.titlesize": 12,
-        "axes.labelsize": 11,
-        "xtick.labelsize": 10,
-        "ytick.labelsize": 10,
-        "legend.fontsize": 10,
-        "figure.titlesize": 12,
-        "image.interpolation": "nearest",  # small images: show the pixels as they are
-    })
+    from .plotting import apply_style  # the projector style: >= 12 pt ticks and legends
+
+    apply_style()
