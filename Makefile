@@ -30,7 +30,7 @@ help:
 	@echo "make test       - unit + parity tests, every notebook under nbval (fast mode), every notebook in full mode"
 	@echo "make test-full  - only the full-mode pass over the notebooks"
 	@echo "make html       - execute every notebook headlessly into build/html/ (for publishing)"
-	@echo "make outputs    - re-execute the notebooks in place (fast mode) to refresh stored outputs"
+	@echo "make outputs    - re-execute the notebooks in place (full mode, as make course) to refresh stored outputs"
 	@echo "make benchmark  - timings, memory and model quality into build/benchmark.md"
 	@echo "make labs       - student versions of the graded labs -> build/labs/release/"
 	@echo "make grade-lab LAB=lab_clip SUBMISSION=x.ipynb / make grade-labs LAB=lab_clip FOLDER=dir - autograde (nbgrader, offline)"
@@ -66,8 +66,10 @@ html: $(STAMP)
 	COURSE_HEADLESS=1 HF_HUB_OFFLINE=1 $(BIN)/jupyter nbconvert --to html --execute \
 		--ExecutePreprocessor.timeout=1800 --output-dir build/html $(NOTEBOOKS)
 
+# Stored outputs are what a student sees after `make course`: full mode (COURSE_FAST unset), headless.
+# nbval (fast mode) compares only the NBVAL_CHECK_OUTPUT cells, so those must print the same in both modes.
 outputs: $(STAMP)
-	$(HEADLESS_ENV) $(BIN)/python scripts/execute_notebooks.py $(NOTEBOOKS)
+	env -u COURSE_FAST $(FULL_ENV) $(BIN)/python scripts/execute_notebooks.py $(or $(NB),$(NOTEBOOKS))
 
 benchmark: $(STAMP)
 	mkdir -p build

@@ -1,12 +1,15 @@
 """Execute notebooks in place so their stored outputs equal a fresh run (``make outputs``).
 
-Runs each notebook top to bottom from its own folder with nbclient, in whatever mode the
-environment says (``make outputs`` uses fast + headless, like the tests), without execution
-timings in the metadata.
+Runs each notebook top to bottom from its own folder with nbclient, without execution timings in
+the metadata. The stored outputs are the ones a student meets: ``make outputs`` runs full mode
+(``COURSE_FAST`` unset, headless, offline), as ``make course`` gives; this script refuses fast mode
+unless ``--allow-fast`` (nbval checks the ``NBVAL_CHECK_OUTPUT`` cells in fast mode, so those must print
+the same in both modes). ``make outputs NB=notebooks/01_clip.ipynb`` refreshes one notebook.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -33,7 +36,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("notebooks", nargs="+", type=Path)
     ap.add_argument("--timeout", type=int, default=1800, help="per-cell timeout in seconds")
+    ap.add_argument("--allow-fast", action="store_true",
+                    help="store fast-mode outputs (COURSE_FAST=1); by default only full-mode outputs are stored")
     args = ap.parse_args(argv)
+    if os.environ.get("COURSE_FAST", "0").strip().lower() in ("1", "true", "yes", "on") and not args.allow_fast:
+        ap.error("COURSE_FAST is set: stored outputs are full mode's (run `make outputs`, or unset COURSE_FAST)")
     for path in args.notebooks:
         elapsed = execute(path, args.timeout)
         print(f"{path}: executed in {elapsed:.1f} s")
