@@ -49,10 +49,12 @@ def apply_style() -> None:
 
 
 def fmt_int(n: int) -> str:
-    """An integer as the course writes it in prose and prints: thousands grouped by a narrow no-break
-    space (U+202F), ``fmt_int(8192) == "8\u202f192"``; a Spanish reader cannot misread it, unlike
-    "8,192" or "8.192" (decimals keep Python's point: ``0.63``)."""
-    return f"{int(n):,}".replace(",", "\u202f")
+    """An integer as the course writes it in prose and prints, which a Spanish reader cannot misread
+    (unlike "16,384" or "16.384"): groups of three digits separated by a narrow no-break space (U+202F),
+    four-digit numbers left whole, as the RAE and the SI write them: ``fmt_int(8192) == "8192"``,
+    ``fmt_int(16384) == "16\u202f384"``. Decimals keep Python's point (``0.63``)."""
+    n = int(n)
+    return str(n) if abs(n) < 10_000 else f"{n:,}".replace(",", "\u202f")
 
 
 def _fs(size: float) -> float:

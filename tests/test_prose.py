@@ -15,7 +15,7 @@ Identifiers, comments and library output are not prose. Hidden exercise solution
    of the notebook's code cells, rounded to the digits the prose shows.
 4. ``test_number_format``: one format a Spanish reader cannot misread, in prose and prints: decimal point
    (as Python prints and the lecture's tables write), thousands grouped with a narrow space (U+202F, e.g.
-   ``8 192``, ``course_utils.plotting.fmt_int``), never "8,192" nor "8.192".
+   ``16 384``, four digits whole: ``8192``; ``course_utils.plotting.fmt_int``), never "16,384" nor "16.384".
 """
 import ast
 import json
@@ -100,14 +100,14 @@ _STRIP = [
     re.compile(r"^(```|~~~).*?^(```|~~~)\s*$", re.S | re.M),  # fenced code
     re.compile(r"\$\$.*?\$\$", re.S),            # display math
     re.compile(r"\$[^$\n]+\$"),                  # inline math
-    re.compile(r"`[^`\n]+`"),                    # code spans
+    _CODE_SPAN := re.compile(r"`[^`\n]+`"),      # code spans (also in hints and prints)
     re.compile(r"\]\([^)]*\)"),                  # link targets (keep the link text)
     re.compile(r"https?://\S+"),                 # bare URLs
     re.compile(r"<[^>\n]+>"),                    # HTML tags
     # a foreign term or a title marked as such, as Spanish typography does: in italics or quotes
     re.compile(r"(?<![*\w])\*(?!\*)[^*\n]+?\*(?![*\w])"),
     re.compile(r"(?<!\w)_[^_\n]+?_(?!\w)"),
-    re.compile(r'"[^"\n]+(?:\n[^"\n]+)?"|“[^”\n]+(?:\n[^”\n]+)?”|«[^»\n]+»'),
+    _QUOTED := re.compile(r'"[^"\n]+(?:\n[^"\n]+)?"|“[^”\n]+(?:\n[^”\n]+)?”|«[^»\n]+»|\'[^\'\n]+\''),
 ]
 
 
@@ -168,8 +168,9 @@ def learner_text(nb) -> list[tuple[str, str]]:
         elif cell["cell_type"] == "code":
             tags = cell.get("metadata", {}).get("tags", [])
             for s in shown_strings(_src(cell), check_cell="exercise-check" in tags):
-                # a format spec or a bare identifier/path is not prose
-                found.append((f"code cell {i}", re.sub(r"\{[^{}]*\}", " ", s)))
+                # formatted values are not prose; a quotation ("Context type 1") is marked as such
+                s = _QUOTED.sub(" ", _CODE_SPAN.sub(" ", re.sub(r"\{[^{}]*\}", " ", s)))
+                found.append((f"code cell {i}", s))
     return found
 
 
@@ -285,5 +286,5 @@ def test_number_format(path):
         if cell["cell_type"] == "code":
             for m in _THOUSANDS_COMMA.finditer(_outputs_text(cell)):
                 bad.append(f"{m.group(0)!r} printed by code cell {i}")
-    assert not bad, f"{path.name}: write thousands with a narrow space (8\u202f192, plotting.fmt_int), decimals with " \
+    assert not bad, f"{path.name}: write thousands with a narrow space (16\u202f384, plotting.fmt_int), decimals with " \
                     "a point: " + "; ".join(bad[:20])
