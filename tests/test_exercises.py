@@ -8,7 +8,7 @@ Behaviour (one kernel per notebook, fast mode): the notebook's cells run in orde
 blank answer and its check run in strict mode and must fail with the Spanish "todavía sin responder"
 message, then the hidden solution and the check run and must pass. A notebook whose exercises need only
 part of what comes before tags those cells ``exercise-setup``; then only they (and the setup cell) run
-before the exercises, which keeps this test short.
+before the Ejercicios heading, which keeps this test short.
 """
 import re
 from pathlib import Path
@@ -113,7 +113,8 @@ def test_blank_fails_and_solution_passes(path, monkeypatch):
     ex = exercise_cells(nb)
     assert ex, "no tagged exercises"
     role_of = {i: (n, r) for n, roles in ex.items() for r, i in roles.items()}
-    first = min(roles["exercise"] for roles in ex.values())
+    heading = next(i for i, c in enumerate(nb.cells)
+                   if c.cell_type == "markdown" and re.search(r"^#+ .*Ejercicios", _src(c), re.M))
     selective = any("exercise-setup" in c.metadata.get("tags", []) for c in nb.cells)
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", record_timing=False,
                                      resources={"metadata": {"path": str(path.parent)}})
@@ -141,7 +142,7 @@ def test_blank_fails_and_solution_passes(path, monkeypatch):
                                     f"and output {text!r}")
                 _run(client, "_ex.STRICT = None", i)
             elif cell.cell_type == "code":
-                if selective and i < first and "course_utils.setup(" not in _src(cell) \
+                if selective and i < heading and "course_utils.setup(" not in _src(cell) \
                         and "exercise-setup" not in cell.metadata.get("tags", []):
                     continue
                 client.execute_cell(cell, i)

@@ -99,7 +99,7 @@ _STRIP = [
     re.compile(r"<!--.*?-->", re.S),            # HTML comments (also the check markers)
     re.compile(r"^(```|~~~).*?^(```|~~~)\s*$", re.S | re.M),  # fenced code
     re.compile(r"\$\$.*?\$\$", re.S),            # display math
-    re.compile(r"\$[^$\n]+\$"),                  # inline math
+    re.compile(r"\$[^$]+?\$"),                   # inline math (may wrap a line)
     _CODE_SPAN := re.compile(r"`[^`\n]+`"),      # code spans (also in hints and prints)
     re.compile(r"\]\([^)]*\)"),                  # link targets (keep the link text)
     re.compile(r"https?://\S+"),                 # bare URLs
@@ -122,7 +122,8 @@ def _strings(node) -> list[str]:
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return [node.value]
     if isinstance(node, ast.JoinedStr):
-        return [v.value for v in node.values if isinstance(v, ast.Constant) and isinstance(v.value, str)]
+        # one string, each formatted value a "{}" (a code span or a quotation may straddle one)
+        return ["".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)]
     if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
         return [s for e in node.elts for s in _strings(e)]
     if isinstance(node, ast.Dict):
@@ -237,7 +238,8 @@ def quoted_claims(nb) -> list[tuple[int, str, str]]:
 
 def printed_value(nb, label: str) -> str | None:
     """The first number printed after ``label`` on the same line, in any code cell's stored output."""
-    pat = re.compile(re.escape(label) + rf"[^\n\d−-]*({_NUM})")
+    # the first number on the label's line that stands alone (not the 1 of "R@1" or of "x1")
+    pat = re.compile(re.escape(label) + rf"[^\n]*?(?<![\w@.\d])({_NUM})")
     for cell in nb["cells"]:
         if cell["cell_type"] == "code" and (m := pat.search(_outputs_text(cell))):
             return m.group(1)
