@@ -46,6 +46,16 @@ def parser() -> argparse.ArgumentParser:
                     help="LLaVA-1.5's MLP, or LLaVA's linear H_v = W Z_v (two stacked linear maps, no activation)")
     ap.add_argument("--oversample", default="", help="KIND:FACTOR,... draw these question kinds FACTOR times as often "
                     "in stage 2 (e.g. shape:2); empty: all kinds equally")
+    ap.add_argument("--data", choices=("conversation", "single"), default="conversation",
+                    help="stage 2: one multi-turn conversation per scene (LLaVA-1.5), or one question per sequence")
+    ap.add_argument("--max-turns", type=int, default=6, help="questions per conversation (--data conversation)")
+    ap.add_argument("--mc-rate", type=float, default=0.3, help="share of conversations with a multiple-choice turn "
+                    "(naive or explicit prompt, notebook 07)")
+    ap.add_argument("--eval-every", type=int, default=0, help="measure on the held-out questions every N steps")
+    ap.add_argument("--attn", choices=("eager", "sdpa"), default="eager",
+                    help="attention kernel for training (eager is faster for these tiny sequences on a CPU)")
+    ap.add_argument("--init", default=None, help="start from a trained course LLaVA (a folder) instead of the "
+                    "shipped CLIP + llama-tiny; its vocabulary is carried over to build_tokenizer()'s")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu, cuda, ... (the shipped model was trained on the CPU)")
@@ -61,7 +71,13 @@ def main(argv=None):
     log = functools.partial(print, flush=True)
     t0 = time.perf_counter()
     tok = R.build_tokenizer()
-    model = R.build_model(tok, projector_hidden_act={"mlp2x_gelu": "gelu", "linear": "linear"}[args.projector])
+    if args.init:
+        from transformers import AutoTokenizer, LlavaForConditionalGeneration
+
+        model = R.carry_over(LlavaForConditionalGeneration.from_pretrained(args.init),
+                             AutoTokenizer.from_pretrained(args.init), tok)
+    else:
+        model = R.build_model(tok, projector_hidden_act={"mlp2x_gelu": "gelu", "linear": "linear"}[args.projector])
     model = model.to(args.device)
     train_scenes = R.scenes_1_to_3("train", args.train_scenes)
     images = shapes.render_batch(train_scenes)
@@ -70,26 +86,39 @@ def main(argv=None):
     test = R.balanced(R.qa_examples(test_scenes), args.eval_per_kind, seed=1)
     report = {"args": {k: v for k, v in vars(args).items() if k != "out"}, "stages": []}
 
-    def judge(name):
+    mc_test = {style: R.balanced(R.mc_examples(test_scenes, style, kinds=("color", "shape", "count", "position")),
+                                 args.eval_per_kind // 2, seed=1) for style in R.MC_PROMPTS}
+
+    def judge(name, blind_too=True):
+        minutes = (time.perf_counter() - t0) / 60           # training time, without the measurement
         acc = R.evaluate(model, tok, test_images, test)
-        blind = R.evaluate(model, tok, test_images, test, use_image=False)
-        minutes = (time.perf_counter() - t0) / 60
+        blind = R.evaluate(model, tok, test_images, test, use_image=False) if blind_too else {}
+        mc = {style: R.mc_scores(model, tok, test_images, ex) for style, ex in mc_test.items()}
         print(f"[{name}] {minutes:.1f} min | with image: " + " ".join(f"{k} {v:.3f}" for k, v in acc.items())
-              + " | text only: " + " ".join(f"{k} {v:.3f}" for k, v in blind.items()), flush=True)
-        report["stages"].append({"stage": name, "minutes": round(minutes, 2), "accuracy": acc, "text_only": blind})
+              + " | text only: " + " ".join(f"{k} {v:.3f}" for k, v in blind.items())
+              + " | multiple choice: " + " ".join(f"{s} marker {v['marker']:.3f} letter {v['letter']:.3f}"
+                                                  for s, v in mc.items()), flush=True)
+        report["stages"].append({"stage": name, "minutes": round(minutes, 2), "accuracy": acc, "text_only": blind,
+                                 "multiple_choice": mc})
 
     if args.stage1_steps:
         R.train(model, tok, images, R.caption_examples(train_scenes, args.seed),
                 R.StageConfig(args.stage1_steps, lr=args.stage1_lr, train_lm=False, batch_size=args.batch_size),
                 seed=args.seed, log_every=50, log=log)
         judge("stage 1")
-    stage2 = R.balanced(R.qa_examples(train_scenes), args.train_scenes, seed=args.seed)
+    if args.data == "conversation":
+        stage2 = R.conversation_examples(train_scenes, args.max_turns, args.mc_rate, seed=args.seed)
+    else:
+        stage2 = R.balanced(R.qa_examples(train_scenes), args.train_scenes, seed=args.seed)
     for item in filter(None, args.oversample.split(",")):
         kind, factor = item.split(":")
         stage2 += [e for e in stage2 if e[3] == kind] * (int(factor) - 1)
+    model.set_attn_implementation(args.attn)
     R.train(model, tok, images, stage2,
             R.StageConfig(args.stage2_steps, lr=args.lr, tower_lr=args.tower_lr, tower_layers=args.tower_layers,
-                          batch_size=args.batch_size), seed=args.seed + 1, log_every=100, log=log)
+                          batch_size=args.batch_size), seed=args.seed + 1, log_every=100, log=log,
+            hook=lambda step: judge(f"stage 2, step {step}", blind_too=False), hook_every=args.eval_every)
+    model.set_attn_implementation("sdpa")
     judge("stage 2")
     print(json.dumps(report))
     if args.out:

@@ -216,6 +216,52 @@ def test_the_course_tokenizer_keeps_llama_tinys_ids_and_adds_image(course_llava)
     assert text == "USER: <image>\nQ? ASSISTANT:"
 
 
+def test_a_conversation_is_encoded_as_the_chat_template_writes_it(course_llava):
+    R, tok, _, _ = course_llava
+    questions, answers = ("What color is the circle?", "How many objects are there?"), ("red", "2")
+    ids, mask = R.encode(tok, 3, questions, answers)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": questions[0]}]},
+                {"role": "assistant", "content": answers[0]},
+                {"role": "user", "content": questions[1]}, {"role": "assistant", "content": answers[1]}]
+    text = tok.apply_chat_template(messages, tokenize=False)
+    image_id = tok.convert_tokens_to_ids("<image>")
+    want = [tok.bos_token_id] + llava.expand_image_tokens(tok.encode(text, add_special_tokens=False), image_id, 3)
+    assert ids == want                                   # the template's layout, the image only in the first turn
+    assert ids.count(image_id) == 3
+    assert tok.convert_ids_to_tokens([i for i, m in zip(ids, mask) if m]) == ["red", tok.eos_token, "2", tok.eos_token]
+    single = R.encode(tok, 3, questions[0], answers[0])
+    assert single == (ids[:len(single[0])], mask[:len(single[0])])    # one turn = the conversation's first turn
+    with pytest.raises(ValueError):
+        R.encode(tok, 3, questions, answers[:1])          # a question without its answer
+
+
+def test_multiple_choice_prompts_use_the_lectures_wording_and_known_words(course_llava):
+    from course_utils.world import shapes
+
+    R, tok, _, _ = course_llava
+    scene = shapes.make_scene(7, n_objects=2)
+    qa = scene.multiple_choice[0]
+    naive, explicit = R.mc_prompt(qa, "naive"), R.mc_prompt(qa, "explicit")
+    assert naive.endswith("\nPlease select the correct answer from the options above.")
+    assert "Final Answer: <answer>" in explicit and explicit.endswith("Only include the letter.")
+    assert "\nOptions:\nA. " in naive
+    import random
+
+    rng = random.Random(0)
+    for style in ("naive", "explicit"):
+        text = R.mc_prompt(qa, style) + " " + R.mc_response(qa, style, rng)
+        assert tok.unk_token_id not in tok.encode(text, add_special_tokens=False), style   # every word has an id
+    assert R.mc_response(qa, "explicit", rng).endswith(f"Final Answer: {qa.answer}")
+    assert "Final Answer" not in R.mc_response(qa, "naive", rng)
+    with pytest.raises(ValueError, match="prompt style"):
+        R.mc_prompt(qa, "chain-of-thought")
+    with pytest.raises(ValueError, match="multiple-choice"):
+        R.mc_prompt(scene.qa[0], "naive")
+    convs = R.conversation_examples(shapes.scenes("train", 20), max_turns=4, mc_rate=1.0)
+    assert all(1 <= len(q) <= 5 and len(q) == len(a) for _, q, a, _ in convs)
+    assert all(any("Options:" in x for x in q) for _, q, _, _ in convs)       # mc_rate 1: one MC turn each
+
+
 def test_z_v_is_the_penultimate_clip_layer_without_cls(course_llava):
     from transformers import CLIPVisionModel
 

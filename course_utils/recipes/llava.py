@@ -52,7 +52,8 @@ def build_tokenizer(n_instruction_scenes: int = 300):
 
     base = shapes_tokenizer()
     vocab = dict(sorted(base.get_vocab().items(), key=lambda kv: kv[1]))
-    extra = _words(["user: assistant:"] + list(instruct.DETAIL_QUESTIONS) + list(instruct.BRIEF_QUESTIONS))
+    extra = _words(["user: assistant: options: the correct answer is: final answer:"] + list(MC_PROMPTS.values())
+                   + list(instruct.DETAIL_QUESTIONS) + list(instruct.BRIEF_QUESTIONS))
     scenes = shapes.scenes("train", n_instruction_scenes, start=50_000)
     for kind in llava.RESPONSE_TYPES:
         for rec in instruct.generate_records(scenes, instruct.offline_backend(), kind):
@@ -116,6 +117,24 @@ def build_model(tokenizer, projector_hidden_act: str = "gelu"):
     return model.eval()
 
 
+def carry_over(model, old_tokenizer, tokenizer):
+    """A trained course LLaVA on a larger vocabulary: ``tokenizer`` (a newer ``build_tokenizer()``) gets the rows of
+    ``old_tokenizer``'s words in the input embeddings and ``lm_head``; its new words start at the mean embedding."""
+    old_vocab, new_vocab = old_tokenizer.get_vocab(), tokenizer.get_vocab()
+    if not set(old_vocab) <= set(new_vocab):
+        raise ValueError("the new tokenizer must keep every word of the old one (build it with build_tokenizer())")
+    with torch.no_grad():
+        old_in, old_out = model.get_input_embeddings().weight.clone(), model.lm_head.weight.clone()
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        new_in, new_out = model.get_input_embeddings().weight, model.lm_head.weight
+        new_in.copy_(old_in.mean(0, keepdim=True).expand_as(new_in))
+        new_out.copy_(old_out.mean(0, keepdim=True).expand_as(new_out))
+        for word, i in old_vocab.items():
+            new_in[new_vocab[word]], new_out[new_vocab[word]] = old_in[i], old_out[i]
+    model.config.image_token_index = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    return model
+
+
 # ============================================================================================
 # Data
 # ============================================================================================
@@ -148,19 +167,83 @@ def balanced(examples, n_per_kind: int, seed: int = 0):
     return out
 
 
+# The lecture's two evaluation prompts (Pixtral's report): VLMEvalKit's naive one, and the explicit one that asks
+# for a parseable "Final Answer:" line. The tiny LLaVA learns both (notebook 07 scores them).
+MC_PROMPTS = {
+    "naive": "Please select the correct answer from the options above.",
+    "explicit": ("Answer in this format:\nFinal Answer: <answer>\nwhere <answer> is:\n- The single correct letter "
+                 "choice A, B, C, D, E, F, etc. when options are provided.\nOnly include the letter."),
+}
+
+
+def mc_prompt(qa: shapes.QA, style: str) -> str:
+    """A multiple-choice question (``scene.multiple_choice``) in the lecture's layout: question, ``Options:``, the
+    lettered options, then the naive or the explicit instruction."""
+    if style not in MC_PROMPTS:
+        raise ValueError(f"unknown prompt style {style!r}; allowed: {', '.join(MC_PROMPTS)}")
+    if qa.options is None:
+        raise ValueError("expected a multiple-choice QA (from scene.multiple_choice), got an open question")
+    options = [f"{letter}. {option}" for letter, option in zip("ABCD", qa.options)]
+    return "\n".join([qa.question, "Options:", *options, MC_PROMPTS[style]])
+
+
+def mc_response(qa: shapes.QA, style: str, rng: random.Random) -> str:
+    """The training answer: to the naive prompt, the correct option in prose with no marker (as GPT-4o's
+    "...the correct answer is: D. Both are pests of potato"); to the explicit one, the option then
+    ``Final Answer: <letter>``."""
+    option = qa.options["ABCD".index(qa.answer)]
+    if style == "naive":
+        return rng.choice([f"The correct answer is: {qa.answer}. {option}", f"{qa.answer}. {option}"])
+    return f"{option}. Final Answer: {qa.answer}"
+
+
+def mc_examples(scenes, style: str, kinds=QA_KINDS) -> list[tuple[int, str, str, str]]:
+    """``(scene index, prompt, gold letter, kind)`` for every multiple-choice QA of the given kinds."""
+    return [(i, mc_prompt(q, style), q.answer, q.kind) for i, s in enumerate(scenes) for q in s.multiple_choice
+            if q.kind in kinds]
+
+
+def conversation_examples(scenes, max_turns: int = 6, mc_rate: float = 0.3, kinds=QA_KINDS, seed: int = 0):
+    """Stage-2 data as LLaVA-1.5 trains it: one multi-turn conversation per scene, the image in the first turn
+    only. Its open questions of ``kinds`` (shuffled, existence yes/no kept balanced, at most ``max_turns``), and
+    with probability ``mc_rate`` a multiple-choice turn in the naive or the explicit style. Items:
+    ``(scene index, questions tuple, answers tuple, "conversation")`` for ``collate``."""
+    rng = random.Random(seed)
+    out = []
+    for i, scene in enumerate(scenes):
+        turns = [(q.question, q.answer) for q in scene.qa if q.kind in kinds]
+        rng.shuffle(turns)
+        turns = turns[:max_turns]
+        if rng.random() < mc_rate and scene.multiple_choice:
+            qa, style = rng.choice(scene.multiple_choice), rng.choice(sorted(MC_PROMPTS))
+            turns.insert(rng.randrange(len(turns) + 1), (mc_prompt(qa, style), mc_response(qa, style, rng)))
+        out.append((i, tuple(q for q, _ in turns), tuple(a for _, a in turns), "conversation"))
+    return out
+
+
 def prompt_text(question: str) -> str:
     return f"USER: {IMAGE_TOKEN}\n{question} ASSISTANT:"
 
 
-def encode(tokenizer, n_image_tokens: int, question: str, answer: str | None):
-    """Token ids (``<image>`` expanded) and the answer mask (the answer and its EOS)."""
-    ids = tokenizer.encode(prompt_text(question), add_special_tokens=False)
+def encode(tokenizer, n_image_tokens: int, question, answer):
+    """Token ids (``<image>`` expanded) and the answer mask (each answer and its EOS).
+
+    ``question``/``answer``: one turn (strings; ``answer=None`` for a generation prompt), or a conversation
+    (tuples of the same length): ``USER: <image>\\n q1 ASSISTANT: a1<eot> USER: q2 ASSISTANT: a2<eot> ...``, the
+    layout ``CHAT_TEMPLATE`` writes, the image in the first turn only (LLaVA-1.5's multi-turn training)."""
+    turns = [(question, answer)] if isinstance(question, str) else list(zip(question, answer, strict=True))
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    ids = [tokenizer.bos_token_id] + llava.expand_image_tokens(ids, image_id, n_image_tokens)
-    if answer is None:
-        return ids, [0] * len(ids)
-    ans = tokenizer.encode(answer, add_special_tokens=False) + [tokenizer.eos_token_id]
-    return ids + ans, [0] * len(ids) + [1] * len(ans)
+    ids, mask = [tokenizer.bos_token_id], [0]
+    for k, (q, a) in enumerate(turns):
+        prompt = tokenizer.encode(prompt_text(q) if k == 0 else f"USER: {q} ASSISTANT:", add_special_tokens=False)
+        if k == 0:
+            prompt = llava.expand_image_tokens(prompt, image_id, n_image_tokens)
+        ids, mask = ids + prompt, mask + [0] * len(prompt)
+        if a is None:
+            break
+        ans = tokenizer.encode(a, add_special_tokens=False) + [tokenizer.eos_token_id]
+        ids, mask = ids + ans, mask + [1] * len(ans)
+    return ids, mask
 
 
 def collate(tokenizer, n_image_tokens: int, images: torch.Tensor, batch, cache: dict | None = None):
@@ -168,7 +251,7 @@ def collate(tokenizer, n_image_tokens: int, images: torch.Tensor, batch, cache: 
     ``cache``: a dict that keeps each (question, answer)'s encoding (training draws the same ones many times)."""
     cache = {} if cache is None else cache
     enc = [cache[q, a] if (q, a) in cache else cache.setdefault((q, a), encode(tokenizer, n_image_tokens, q, a))
-           for _, q, a, _ in batch]
+           for _, q, a, _ in batch]     # (q, a): strings for one turn, tuples for a conversation
     t = max(len(ids) for ids, _ in enc)
     pad = tokenizer.pad_token_id
     input_ids = torch.full((len(batch), t), pad, dtype=torch.long)
@@ -195,8 +278,10 @@ class StageConfig:
     warmup: int = 30
 
 
-def train(model, tokenizer, images, examples, stage: StageConfig, seed: int = 0, log_every: int = 100, log=print):
-    """One stage: AdamW over the projector (+ LM, + the top of the tower), cosine LR, labels on answers only."""
+def train(model, tokenizer, images, examples, stage: StageConfig, seed: int = 0, log_every: int = 100, log=print,
+          hook=None, hook_every: int = 0):
+    """One stage: AdamW over the projector (+ LM, + the top of the tower), cosine LR, labels on answers only.
+    ``hook(step)`` runs every ``hook_every`` steps in eval mode (a held-out measurement during training)."""
     from ..training import cosine_schedule
 
     torch.manual_seed(seed)
@@ -233,6 +318,10 @@ def train(model, tokenizer, images, examples, stage: StageConfig, seed: int = 0,
         if log and (step + 1) % log_every == 0:
             log(f"step {step + 1}/{stage.steps} loss {sum(losses[-log_every:]) / log_every:.4f} "
                 f"({time.perf_counter() - t0:.0f} s)")
+        if hook is not None and hook_every and (step + 1) % hook_every == 0 and step + 1 < stage.steps:
+            model.eval()
+            hook(step + 1)
+            model.train()
     model.eval()
     return losses
 
@@ -266,6 +355,21 @@ def evaluate(model, tokenizer, images, examples, batch_size: int = 128, use_imag
     acc = {kind: sum(h) / len(h) for kind, h in sorted(hits.items())}
     acc["overall"] = sum(acc.values()) / len(acc) if acc else math.nan
     return acc
+
+
+def mc_scores(model, tokenizer, images, examples, batch_size: int = 128) -> dict:
+    """Multiple-choice answers (``mc_examples``): ``marker`` = share whose ``Final Answer:`` line gives the gold
+    letter (the explicit prompt's exact match), ``letter`` = share whose answer starts with or ends on the
+    gold letter (a lenient reading that also credits the naive prompt's prose)."""
+    marker = letter = 0
+    for k in range(0, len(examples), batch_size):
+        batch = examples[k:k + batch_size]
+        for (_, _, gold, _), pred in zip(batch, answer(model, tokenizer, images, batch, max_new_tokens=16)):
+            found = re.findall(r"final answer\s*:\s*([a-d])\b", pred)
+            marker += bool(found) and found[-1] == gold.lower()
+            words = re.sub(r"^the correct answer is\s*:", "", pred).replace(".", " ").split()
+            letter += bool(words) and gold.lower() in (words[0], words[-1])
+    return {"marker": marker / len(examples), "letter": letter / len(examples)}
 
 
 def check_question(question, image) -> str:
