@@ -46,11 +46,17 @@ def run(fast: bool = True) -> dict:
             acc = R.evaluate(model, tok, images, test, use_image=use_image)
             rows.append({"what": f"tiny LLaVA exact match, {'with image' if use_image else 'text only'}",
                          "value": ", ".join(f"{k} {v:.3f}" for k, v in acc.items())})
-        for style in R.MC_PROMPTS:
+        mc_folder = hub.COURSE_MODELS["course/llava-shapes-mc"].path
+        has_mc = mc_folder.is_dir() and any(mc_folder.iterdir())
+        if has_mc:
+            mc_path = hub.resolve("course/llava-shapes-mc")
+            mc_model = AutoModelForImageTextToText.from_pretrained(mc_path).eval()
+            mc_tok = AutoTokenizer.from_pretrained(mc_path)
+        for style in R.MC_PROMPTS if has_mc else ():
             mc = R.balanced(R.mc_examples(test_scenes, style, kinds=("color", "shape", "count", "position")),
                             50 if fast else 250, seed=1)
-            s = R.mc_scores(model, tok, images, mc)
-            rows.append({"what": f"tiny LLaVA multiple choice, {style} prompt ({len(mc)} questions)",
+            s = R.mc_scores(mc_model, mc_tok, images, mc)
+            rows.append({"what": f"course/llava-shapes-mc multiple choice, {style} prompt ({len(mc)} questions)",
                          "value": f"'Final Answer:' marker with the gold letter {s['marker']:.3f}, "
                                   f"gold letter read leniently {s['letter']:.3f}"})
         notes = ""

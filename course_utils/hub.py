@@ -48,6 +48,9 @@ COURSE_MODELS: dict[str, CourseModel] = {
                                       "tiny CLIP (ViT + text transformer) trained on Shapes World"),
     "course/llava-shapes": CourseModel("llava-shapes", "03", "scripts/train_llava.py",
                                        "tiny LLaVA (course CLIP vision tower + tiny Llama) on Shapes World"),
+    "course/llava-shapes-mc": CourseModel("llava-shapes-mc", "07", "scripts/train_llava.py",
+                                          "course/llava-shapes fine-tuned to answer multiple choice in the naive "
+                                          "and the explicit ('Final Answer:') prompt style"),
     "course/llama-tiny": CourseModel("llama-tiny", "04", "scripts/train_llama.py",
                                      "tiny Llama 3-style decoder trained on Shapes World text"),
     "course/mllama-shapes": CourseModel("mllama-shapes", "05", "scripts/train_mllama.py",

@@ -410,3 +410,9 @@ def test_the_training_script_runs_both_stages_and_saves(tmp_path, capsys):
     defaults = {k: v for k, v in vars(script.parser().parse_args([])).items() if k not in ("out", "threads", "device")}
     assert {k: shipped["args"][k] for k in defaults} == defaults
     assert shipped["ablations"][-1]["accuracy"] == shipped["stages"][-1]["accuracy"]
+    # notebook 07's model: the command in the script's docstring, from the shipped model
+    mc = json.loads((hub.course_path("course/llava-shapes-mc") / "training_info.json").read_text())
+    command = script.__doc__.split("python scripts/train_llava.py --init", 1)[1].split("\n\n", 1)[0]
+    argv = ["--init"] + command.replace("\\\n", " ").split()
+    documented = {k: v for k, v in vars(script.parser().parse_args(argv)).items() if k not in ("out", "threads", "device")}
+    assert {k: mc["args"][k] for k in documented} == documented
