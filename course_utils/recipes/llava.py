@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import clip, hub, llava
+from .. import clip, evaluation, hub, llava
 from ..world import instruct, shapes
 from ..world.text import shapes_tokenizer
 
@@ -357,18 +357,21 @@ def evaluate(model, tokenizer, images, examples, batch_size: int = 128, use_imag
     return acc
 
 
+def mc_options(prompt: str) -> list[str]:
+    """The option texts of an ``mc_prompt``, in order (its ``A. ...`` lines)."""
+    return [line[3:] for line in prompt.splitlines() if re.match(r"[A-D]\. ", line)]
+
+
 def mc_scores(model, tokenizer, images, examples, batch_size: int = 128) -> dict:
-    """Multiple-choice answers (``mc_examples``): ``marker`` = share whose ``Final Answer:`` line gives the gold
-    letter (the explicit prompt's exact match), ``letter`` = share whose answer starts with or ends on the
-    gold letter (a lenient reading that also credits the naive prompt's prose)."""
-    marker = letter = 0
+    """Multiple-choice answers (``mc_examples``) scored with notebook 07's metrics: ``marker`` = exact match of the
+    ``Final Answer:`` line (``parse_final_answer``; 0 without the marker), ``letter`` = exact match of what
+    ``flexible_parse`` reads (the marker, else a lone letter, else the option's text)."""
+    marker = letter = 0.0
     for k in range(0, len(examples), batch_size):
         batch = examples[k:k + batch_size]
-        for (_, _, gold, _), pred in zip(batch, answer(model, tokenizer, images, batch, max_new_tokens=16)):
-            found = re.findall(r"final answer\s*:\s*([a-d])\b", pred)
-            marker += bool(found) and found[-1] == gold.lower()
-            words = re.sub(r"^the correct answer is\s*:", "", pred).replace(".", " ").split()
-            letter += bool(words) and gold.lower() in (words[0], words[-1])
+        for (_, prompt, gold, _), pred in zip(batch, answer(model, tokenizer, images, batch, max_new_tokens=16)):
+            marker += evaluation.exact_match(evaluation.parse_final_answer(pred), gold)
+            letter += evaluation.exact_match(evaluation.flexible_parse(pred, mc_options(prompt)), gold)
     return {"marker": marker / len(examples), "letter": letter / len(examples)}
 
 
