@@ -27,7 +27,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 # Chapters outside issue 13's seven, not yet brought to these rules (expected failures): remove a notebook
 # from here when it passes.
-PENDING = {"02_llava_data.ipynb"}
+PENDING = set()
 NOTEBOOKS = [pytest.param(p, id=p.name, marks=[pytest.mark.xfail(reason="not yet brought to the prose rules (PENDING)",
                                                                  strict=False)] if p.name in PENDING else [])
              for p in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))]
