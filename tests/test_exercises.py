@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 # Chapters whose exercises are not converted to checked ones yet (issue 13 applies to every chapter):
 # remove a notebook from here when its exercises follow the mechanism.
-PENDING = {"03_llava_model.ipynb"}
+PENDING = set()
 MIN_EXERCISES, MAX_EXERCISES = 3, 5
 ROLES = ("exercise", "exercise-check", "exercise-solution")
 _FENCE = re.compile(r"^```python\s*\n(.*?)^```\s*$", re.S | re.M)
