@@ -185,3 +185,42 @@ def test_fixed_objects_are_used():
     s = make_scene(9, objects=[("red", "circle"), ("blue", "square", "large")])
     assert sorted(o.label for o in s.objects) == ["blue square", "red circle"]
     assert next(o for o in s.objects if o.shape == "square").size == "large"
+
+
+@pytest.mark.parametrize("hw", [(32, 64), (64, 32), (48, 80)])
+def test_canvas_scenes_keep_proportions_and_fill_the_canvas(hw):
+    """Pixtral's canvases (notebook 06): a ``height x width`` scene draws undistorted shapes anywhere on it, its boxes
+    (normalized by width and height) hold the pixels, and its answers are those of its objects."""
+    h, w = hw
+    xs, ys = [], []
+    for seed in range(60):
+        s = make_scene(seed, size=h, width=w)
+        img = np.asarray(s.image).astype(int)
+        assert img.shape == (h, w, 3) and s.shape_hw == (h, w) and f"{h}x{w}" in repr(s)
+        painted = np.abs(img - np.array(shapes.BACKGROUND)).sum(-1) > 30
+        inside_any = np.zeros_like(painted)
+        for o in s.objects:
+            x1, y1, x2, y2 = o.box_on(w / min(h, w), h / min(h, w))
+            assert f"{o.label}: {[x1, y1, x2, y2]}" in s.boxes_text()
+            assert 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1
+            # the box is square in pixels: the shape is not stretched
+            assert abs((x2 - x1) * w - (y2 - y1) * h) < 0.01 * min(h, w)
+            inside_any[max(int(y1 * h) - 1, 0):int(np.ceil(y2 * h)) + 1, max(int(x1 * w) - 1, 0):int(np.ceil(x2 * w)) + 1] = True
+            xs.append(o.cx)
+            ys.append(o.cy)
+        assert not (painted & ~inside_any).any()
+    # objects spread over the whole canvas, not just its first square
+    assert min(xs) < 0.25 and max(xs) > 0.75 and min(ys) < 0.25 and max(ys) > 0.75
+
+
+def test_a_square_canvas_is_the_square_scene():
+    a, b = make_scene(11, size=48), make_scene(11, size=48, width=48)
+    assert a.objects == b.objects and b.width is None
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image)) and a.qa == b.qa
+    wide = make_scene(11, size=32, width=64)
+    assert np.asarray(wide.render(64)).shape == (64, 128, 3)     # rendered at another height, same aspect ratio
+    with pytest.raises(ValueError, match="image size"):
+        make_scene(0, size=32, width=4)
+    with pytest.raises(ValueError, match="does not fit"):
+        make_scene(0, size=32, width=64, objects=[{"color": "red", "shape": "circle", "size": "large",
+                                                    "cx": 0.05, "cy": 0.5}])

@@ -5,6 +5,9 @@ chapter needs is derived from the scene's seed, deterministically:
 
 - ``scene.image``: anti-aliased rendering at any resolution (32 px default; 224 px for pretrained
   models), drawn from signed distance functions so the same scene looks the same at every size;
+  ``make_scene(seed, size=32, width=64)`` puts a scene on a 32 x 64 canvas (Pixtral's native aspect
+  ratios, notebook 06): centers are fractions of the width and the height, object sizes fractions of
+  the shorter side, so shapes keep their proportions on every canvas;
 - ``scene.objects``: each with a normalized box ``[x1, y1, x2, y2]`` (LLaVA's "Context type 2");
 - ``scene.captions``: five varied captions (synonyms, counts, relative and absolute positions),
   like COCO's five (LLaVA's "Context type 1");
@@ -91,9 +94,13 @@ class ShapeObject:
 
     @property
     def box(self) -> list[float]:
-        """Normalized ``[x1, y1, x2, y2]`` rounded to 3 decimals, as in LLaVA's context boxes."""
-        h = self.half
-        return [round(min(max(v, 0.0), 1.0), 3) for v in (self.cx - h, self.cy - h, self.cx + h, self.cy + h)]
+        """Normalized ``[x1, y1, x2, y2]`` rounded to 3 decimals, as in LLaVA's context boxes (square canvas)."""
+        return self.box_on(1.0, 1.0)
+
+    def box_on(self, ax: float, ay: float) -> list[float]:
+        """The box on a canvas ``ax`` x ``ay`` short sides wide and high (normalized by width and height)."""
+        hx, hy = self.half / ax, self.half / ay
+        return [round(min(max(v, 0.0), 1.0), 3) for v in (self.cx - hx, self.cy - hy, self.cx + hx, self.cy + hy)]
 
     @property
     def label(self) -> str:
@@ -135,6 +142,16 @@ class Scene:
     objects: list[ShapeObject]
     background: tuple[int, int, int] = BACKGROUND
     _rng_seed: int = field(default=0, repr=False)
+    width: int | None = None   # None: a square canvas of side ``size``; else ``size`` is the height
+
+    @property
+    def height(self) -> int:
+        return self.size
+
+    @property
+    def shape_hw(self) -> tuple[int, int]:
+        """``(height, width)`` in pixels."""
+        return self.size, self.size if self.width is None else self.width
 
     # ---- pixels ------------------------------------------------------------------------------
     @cached_property
@@ -142,11 +159,12 @@ class Scene:
         return self.render(self.size)
 
     def render(self, size: int) -> Image.Image:
-        """The same scene rendered at ``size`` x ``size`` pixels."""
-        return Image.fromarray(render_objects(self.objects, size, self.background))
+        """The same scene rendered ``size`` pixels high (and as wide as the canvas's aspect ratio says)."""
+        width = None if self.width is None else round(size * self.width / self.size)
+        return Image.fromarray(render_objects(self.objects, size, self.background, width=width))
 
     def to_tensor(self) -> torch.Tensor:
-        """``(3, size, size)`` float tensor in [0, 1]."""
+        """``(3, height, width)`` float tensor in [0, 1]."""
         return pil_to_tensor(self.image)
 
     # ---- text ------------------------------------------------------------------------------
@@ -164,7 +182,9 @@ class Scene:
 
     def boxes_text(self, sep: str = ", ") -> str:
         """The lecture's "Context type 2: Boxes": ``red circle: [0.1, 0.2, 0.4, 0.5], ...``."""
-        return sep.join(f"{o.label}: {o.box}" for o in self.objects)
+        h, w = self.shape_hw
+        unit = min(h, w)
+        return sep.join(f"{o.label}: {o.box_on(w / unit, h / unit)}" for o in self.objects)
 
     def captions_text(self) -> str:
         """The lecture's "Context type 1: Captions": the five captions, one per line."""
@@ -176,7 +196,8 @@ class Scene:
 
     def __repr__(self) -> str:  # short, deterministic (used in stored notebook outputs)
         objs = ", ".join(f"{o.size} {o.label}" for o in self.objects)
-        return f"Scene(seed={self.seed}, size={self.size}, objects=[{objs}])"
+        size = self.size if self.width is None else f"{self.size}x{self.width}"
+        return f"Scene(seed={self.seed}, size={size}, objects=[{objs}])"
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,30 +228,38 @@ def _signed_distance(shape: str, px: np.ndarray, py: np.ndarray, cx: float, cy: 
     raise ValueError(f"unknown shape {shape!r}; allowed: {', '.join(SHAPES)}")
 
 
-_GRID_CACHE: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+_GRID_CACHE: dict[tuple[int, int], np.ndarray] = {}
 _COLOR_ARRAYS = {name: np.asarray(rgb, dtype=np.float32) for name, rgb in COLORS.items()}
 
 
-def _pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
-    if size not in _GRID_CACHE:
-        c = (np.arange(size, dtype=np.float32) + 0.5) / size
-        _GRID_CACHE[size] = (c[None, :], c[:, None])  # px (1, S), py (S, 1)
-    return _GRID_CACHE[size]
+def _pixel_grid(n: int, unit: int) -> np.ndarray:
+    """Centers of ``n`` pixels in units of ``unit`` pixels (the canvas's shorter side)."""
+    if (n, unit) not in _GRID_CACHE:
+        _GRID_CACHE[n, unit] = (np.arange(n, dtype=np.float32) + 0.5) / unit
+    return _GRID_CACHE[n, unit]
 
 
 def render_objects(objects: Sequence[ShapeObject], size: int = 32,
-                   background: tuple[int, int, int] = BACKGROUND) -> np.ndarray:
-    """Render objects into a ``(size, size, 3)`` uint8 array (anti-aliased)."""
+                   background: tuple[int, int, int] = BACKGROUND, width: int | None = None) -> np.ndarray:
+    """Render objects into a ``(size, width, 3)`` uint8 array (anti-aliased; ``width=None``: square).
+
+    Centers are fractions of the width and height, sizes fractions of the shorter side ``unit``: distances
+    are measured in units of ``unit`` pixels, so a circle stays round on a 32 x 64 canvas."""
     _check_size(size)
-    px, py = _pixel_grid(size)
-    img = np.empty((size, size, 3), dtype=np.float32)
+    width = size if width is None else width
+    _check_size(width)
+    unit = min(size, width)
+    px, py = _pixel_grid(width, unit)[None, :], _pixel_grid(size, unit)[:, None]  # (1, W), (H, 1)
+    ax, ay = width / unit, size / unit   # the canvas in units of its shorter side
+    img = np.empty((size, width, 3), dtype=np.float32)
     img[...] = background
     for o in objects:
         h = o.half
+        cx, cy = o.cx * ax, o.cy * ay
         # Only the pixels around the box can be covered.
-        x0, x1 = max(int((o.cx - h) * size) - 1, 0), min(int((o.cx + h) * size) + 2, size)
-        y0, y1 = max(int((o.cy - h) * size) - 1, 0), min(int((o.cy + h) * size) + 2, size)
-        sd = _signed_distance(o.shape, px[:, x0:x1], py[y0:y1, :], o.cx, o.cy, h) * size  # in pixels
+        x0, x1 = max(int((cx - h) * unit) - 1, 0), min(int((cx + h) * unit) + 2, width)
+        y0, y1 = max(int((cy - h) * unit) - 1, 0), min(int((cy + h) * unit) + 2, size)
+        sd = _signed_distance(o.shape, px[:, x0:x1], py[y0:y1, :], cx, cy, h) * unit  # in pixels
         # coverage = clip(0.5 - d, 0, 1): a one-pixel-wide ramp across the edge
         alpha = np.clip(0.5 - sd, 0.0, 1.0)[..., None]
         patch = img[y0:y1, x0:x1]
@@ -261,65 +290,79 @@ def _check_names(color: str | None, shape: str | None, size: str | None) -> None
         raise ValueError(f"unknown object size {size!r}; allowed: {', '.join(SIZES)}")
 
 
-_CENTER_STEPS = np.linspace(0.0, 1.0, 25)
-_CENTERS_CACHE: dict[float, tuple[np.ndarray, list[float]]] = {}
+_CENTERS_CACHE: dict[tuple[float, float], tuple[np.ndarray, list[float]]] = {}
 
 
-def _centers(h: float) -> tuple[np.ndarray, list[float]]:
-    """Candidate center coordinates for an object of half-size ``h`` (a 25-point grid per axis)."""
-    if h not in _CENTERS_CACHE:
-        lo, hi = h + MARGIN, 1.0 - h - MARGIN
-        xs = lo + _CENTER_STEPS * (hi - lo)
-        _CENTERS_CACHE[h] = (xs, [round(float(x), 4) for x in xs])
-    return _CENTERS_CACHE[h]
+def _centers(h: float, extent: float = 1.0) -> tuple[np.ndarray, list[float]]:
+    """Candidate center coordinates for an object of half-size ``h`` along an axis ``extent`` short sides long
+    (a 25-point grid per short side: 25 points on a square's axis, 49 on a 2:1 canvas's long one)."""
+    if (h, extent) not in _CENTERS_CACHE:
+        lo, hi = h + MARGIN, extent - h - MARGIN
+        xs = lo + np.linspace(0.0, 1.0, int(round(24 * extent)) + 1) * (hi - lo)
+        _CENTERS_CACHE[h, extent] = (xs, [round(float(x), 4) for x in xs])
+    return _CENTERS_CACHE[h, extent]
 
 
-def _place(halves: Sequence[float], rng: random.Random, fixed: Sequence[tuple[float, float] | None]):
-    """Greedy random placement of boxes on a fine grid of centers; None if it does not fit."""
+def _place(halves: Sequence[float], rng: random.Random, fixed: Sequence[tuple[float, float] | None],
+           ax: float = 1.0, ay: float = 1.0):
+    """Greedy random placement of boxes on a fine grid of centers; None if it does not fit. Coordinates in units
+    of the canvas's shorter side (the canvas is ``ax`` x ``ay`` of them); centers returned as fractions."""
     placed: list[tuple[float, float, float]] = []
     for h, pos in zip(halves, fixed):
         if pos is not None:
-            cx, cy = pos
-            if not (h + MARGIN - 1e-9 <= cx <= 1 - h - MARGIN + 1e-9 and h + MARGIN - 1e-9 <= cy <= 1 - h - MARGIN + 1e-9):
-                raise ValueError(f"an object centered at ({cx}, {cy}) with half-size {h} does not fit in the image; "
-                                 f"centers must lie in [{h + MARGIN:.3f}, {1 - h - MARGIN:.3f}]")
+            cx, cy = pos[0] * ax, pos[1] * ay
+            if not (h + MARGIN - 1e-9 <= cx <= ax - h - MARGIN + 1e-9 and h + MARGIN - 1e-9 <= cy <= ay - h - MARGIN + 1e-9):
+                raise ValueError(f"an object centered at {tuple(pos)} with half-size {h} does not fit in the image; "
+                                 f"centers must lie in [{(h + MARGIN) / ax:.3f}, {1 - (h + MARGIN) / ax:.3f}] "
+                                 f"x [{(h + MARGIN) / ay:.3f}, {1 - (h + MARGIN) / ay:.3f}]")
             if any(max(abs(cx - qx), abs(cy - qy)) < h + qh + MARGIN for qx, qy, qh in placed):
-                raise ValueError(f"the object centered at ({cx}, {cy}) overlaps another one")
+                raise ValueError(f"the object centered at {tuple(pos)} overlaps another one")
             placed.append((cx, cy, h))
             continue
-        xs, xs_rounded = _centers(h)
-        n = len(xs)
+        xs, xs_rounded = _centers(h, ax)
+        ys, ys_rounded = (xs, xs_rounded) if ay == ax else _centers(h, ay)
+        nx, ny = len(xs), len(ys)
         if not placed:  # every grid point is free
-            k = rng.randrange(n * n)
-            placed.append((xs_rounded[k % n], xs_rounded[k // n], h))
+            k = rng.randrange(nx * ny)
+            placed.append((xs_rounded[k % nx], ys_rounded[k // nx], h))
             continue
-        ok = np.ones((n, n), dtype=bool)  # [iy, ix]
+        ok = np.ones((ny, nx), dtype=bool)  # [iy, ix]
         for qx, qy, qh in placed:
             # boxes are disjoint iff they are separated along x or along y (max-norm distance)
             far_x = np.abs(xs - qx) >= h + qh + MARGIN
-            far_y = np.abs(xs - qy) >= h + qh + MARGIN
+            far_y = np.abs(ys - qy) >= h + qh + MARGIN
             ok &= far_y[:, None] | far_x[None, :]
         free = np.flatnonzero(ok)
         if free.size == 0:
             return None
         k = int(free[rng.randrange(free.size)])
-        placed.append((xs_rounded[k % n], xs_rounded[k // n], h))
-    return [(cx, cy) for cx, cy, _ in placed]
+        placed.append((xs_rounded[k % nx], ys_rounded[k // nx], h))
+    if ax == ay == 1.0:
+        return [(cx, cy) for cx, cy, _ in placed]
+    return [(round(cx / ax, 4), round(cy / ay, 4)) for cx, cy, _ in placed]
 
 
 def make_scene(seed: int, size: int = 32, n_objects: int | None = None,
                objects: Sequence[dict | tuple] | None = None,
-               background: tuple[int, int, int] = BACKGROUND) -> Scene:
+               background: tuple[int, int, int] = BACKGROUND, width: int | None = None) -> Scene:
     """A deterministic Shapes World scene.
 
     ``seed`` fixes everything (objects, layout, caption wording, questions). ``n_objects`` (1-4)
     fixes the count, otherwise it is drawn uniformly. ``objects`` fixes what is drawn instead:
     each a dict with ``color`` and ``shape`` (and optional ``size``, ``cx``, ``cy``) or a tuple
     ``(color, shape[, size])``; unspecified sizes and positions are sampled from ``seed``.
+    ``width``: a ``size`` x ``width`` canvas (height x width; ``None`` or ``size``: the square scene, the same
+    one for the same seed); objects keep their pixel proportions and spread over the whole canvas.
     """
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     _check_size(size)
+    if width is not None:
+        _check_size(width)
+        if width == size:
+            width = None
+    unit = size if width is None else min(size, width)
+    ax, ay = (1.0, 1.0) if width is None else (width / unit, size / unit)
     rng = random.Random(int(seed))
     if objects is not None:
         specs = [_normalize_spec(o) for o in objects]
@@ -338,7 +381,7 @@ def make_scene(seed: int, size: int = 32, n_objects: int | None = None,
     colors = list(COLORS)
     for _ in range(50):  # retries with fresh sizes when a random layout does not fit
         sizes = [s["size"] or rng.choice(("small", "large")) for s in specs]
-        centers = _place([SIZES[s] for s in sizes], rng, [s["pos"] for s in specs])
+        centers = _place([SIZES[s] for s in sizes], rng, [s["pos"] for s in specs], ax, ay)
         if centers is not None:
             break
     else:
@@ -350,7 +393,8 @@ def make_scene(seed: int, size: int = 32, n_objects: int | None = None,
         objs.append(ShapeObject(shape=shape, color=color, size=sz, cx=cx, cy=cy))
     # Order objects left to right (then top to bottom), as one reads the scene.
     objs.sort(key=lambda o: (o.cx, o.cy))
-    return Scene(seed=int(seed), size=int(size), objects=objs, background=background, _rng_seed=int(seed) * 7919 + 17)
+    return Scene(seed=int(seed), size=int(size), objects=objs, background=background, _rng_seed=int(seed) * 7919 + 17,
+                 width=None if width is None else int(width))
 
 
 def _normalize_spec(o) -> dict:
