@@ -224,3 +224,114 @@ def test_online_loading_call_on_a_saved_hub_shaped_model(tmp_path):
     assert a["input_ids"].tolist() == b["input_ids"].tolist()
     assert torch.allclose(a["image_features"], b["image_features"], atol=1e-6)
     assert a["answer"] == b["answer"]
+
+
+# ============================================================================================
+# course/pixtral-shapes: the tiny Pixtral-style VLM trained from scratch (issue 10, item 7)
+# ============================================================================================
+@pytest.fixture(scope="module")
+def shapes_vlm():
+    tok = RP.build_tokenizer()
+    return tok, RP.build_processor(tok), RP.build_model(tok), RP.ShapesData(RP.aspect_scenes("test", 8, objects="1-3"))
+
+
+def test_shapes_vlm_inputs_are_what_the_pixtral_processor_builds(shapes_vlm):
+    """Training encodes prompts and pixels itself (fast); they are token for token and pixel for pixel what
+    PixtralProcessor builds from the prompt() string and the PIL canvas, on every aspect ratio."""
+    tok, proc, _, data = shapes_vlm
+    assert {s.shape_hw for s in data.scenes} == set(RP.ASPECTS)
+    for i, scene in enumerate(data.scenes):
+        q = scene.qa[0].question
+        enc = proc(images=[scene.image], text=RP.prompt(q), add_special_tokens=False, return_tensors="pt")
+        ids, mask = RP.encode(tok, data.grids[i], q, None)
+        assert enc["input_ids"][0].tolist() == ids and not any(mask)
+        assert enc["image_sizes"].tolist() == [list(scene.shape_hw)]
+        h, w = scene.shape_hw
+        pixels, sizes = data.pixels([i])
+        assert sizes == [(h, w)] and data.grids[i] == (h // RP.PATCH, w // RP.PATCH)
+        assert torch.allclose(enc["pixel_values"][0, :, :h, :w], pixels[0, :, :h, :w], atol=1e-5)
+        # the chat template writes the same string, so apply_chat_template works as with pixtral-12b
+        chat = [{"role": "user", "content": [{"type": "text", "text": q}, {"type": "image"}]}]
+        assert proc.apply_chat_template(chat, add_generation_prompt=True) == RP.prompt(q)
+    # the answer and its </s> are the only labelled positions
+    ids, mask = RP.encode(tok, (4, 8), "What color is the circle?", "red")
+    assert [t for t, m in zip(ids, mask) if m] == [tok.convert_tokens_to_ids("red"), tok.eos_token_id]
+    assert ids.count(10) == 32 and ids.count(12) == 3 and ids.count(13) == 1       # [IMG], [IMG_BREAK], [IMG_END]
+
+
+def test_shapes_vlm_has_pixtral_12b_structure_and_the_course_decoder(shapes_vlm):
+    from transformers import LlamaForCausalLM
+
+    from course_utils import hub
+    from course_utils.world.text import shapes_tokenizer
+
+    tok, _, model, _ = shapes_vlm
+    cfg = model.config
+    assert (cfg.vision_config.model_type, cfg.text_config.model_type) == ("pixtral", "mistral")
+    assert (cfg.vision_feature_layer, cfg.vision_feature_select_strategy, cfg.image_token_id) == (-1, "full", 10)
+    assert cfg.projector_hidden_act == "gelu" and cfg.vision_config.patch_size == RP.PATCH
+    # the decoder is llama-tiny: same logits on the same sentence (its words mapped to the new ids)
+    llama = LlamaForCausalLM.from_pretrained(hub.resolve("course/llama-tiny")).eval()
+    words = "how many circles are there ?".split()
+    old, new = shapes_tokenizer().get_vocab(), tok.get_vocab()
+    with torch.no_grad():
+        want = llama(torch.tensor([[old[w] for w in words]])).logits[0]
+        got = model.model.language_model(torch.tensor([[new[w] for w in words]])).last_hidden_state
+        got = model.lm_head(got)[0]
+    cols_old = [old[w] for w in new if w in old]
+    cols_new = [new[w] for w in new if w in old]
+    assert torch.allclose(got[:, cols_new], want[:, cols_old], atol=1e-5)
+
+
+def test_grouped_tower_forward_equals_the_packed_tower(shapes_vlm):
+    """Training runs the encoder per group of equal canvases (no mask) instead of one packed sequence with a
+    block-diagonal mask: section 4's proof, on the real model, for the features and the whole VLM's logits."""
+    tok, _, model, data = shapes_vlm
+    batch = data.batch(tok, [data.examples[k] for k in range(0, len(data.examples), max(1, len(data.examples) // 8))])
+    tower = model.model.vision_tower
+    with torch.no_grad():
+        packed = tower(batch["pixel_values"], image_sizes=batch["image_sizes"]).last_hidden_state
+        grouped = RP.grouped_tower_forward(tower, batch["pixel_values"], batch["image_sizes"]).last_hidden_state
+        logits = model(**batch).logits
+        with RP.grouped_vision_attention(model):
+            with RP.grouped_vision_attention(model):              # re-entrant
+                logits_grouped = model(**batch).logits
+        assert "forward" not in vars(tower)                        # the library's path is back
+    assert packed.shape == grouped.shape and (packed - grouped).abs().max() < 1e-5
+    assert (logits - logits_grouped).abs().max() < 1e-4 * logits.abs().max()
+    # a wrong order of the groups would not pass
+    assert (packed - grouped.flip(1)).abs().max() > 1e-2
+
+
+def test_patch_labels_name_the_object_under_each_patch(shapes_vlm):
+    from course_utils.world import shapes
+
+    *_, data = shapes_vlm
+    for (color, shape), scene, grid in zip(data.patch_labels, data.scenes, data.grids):
+        assert color.shape == shape.shape == (grid[0] * grid[1],)
+        assert ((color == 0) == (shape == 0)).all()
+        named = {(list(shapes.COLORS)[c - 1], shapes.SHAPES[s - 1]) for c, s in zip(color.tolist(), shape.tolist()) if c}
+        assert named == {(o.color, o.shape) for o in scene.objects}
+    squashed = RP.ShapesData(data.scenes, squash_side=32)
+    assert all(c.shape == (16,) for c, _ in squashed.patch_labels)
+
+
+def test_the_pixtral_training_script_runs_and_saves(tmp_path, capsys):
+    import importlib.util
+    import json
+
+    from course_utils import config
+
+    spec = importlib.util.spec_from_file_location("train_pixtral", config.REPO_ROOT / "scripts" / "train_pixtral.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main(["--train-scenes", "40", "--test-scenes", "16", "--eval-per-kind", "2", "--stage0-steps", "2",
+                 "--steps", "2", "--batch-size", "4", "--threads", "1", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "stage 0" in out and "text_only" in out and "fed_squashed" in out
+    saved = json.loads((tmp_path / "training_info.json").read_text())
+    assert set(saved["evaluations"][-1]["accuracy"]) == {"32x32", "32x64", "64x32", "48x48", "overall"}
+    model, proc = RP.load_pixtral(str(tmp_path), device="cpu")
+    scene = RP.aspect_scenes("test", 2)[1]
+    out = RP.ask(model, proc, [scene.image], scene.qa[0].question, max_new_tokens=3)
+    assert out["image_sizes"] == [scene.shape_hw] and isinstance(out["answer"], str)
