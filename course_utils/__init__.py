@@ -26,7 +26,7 @@ _SUBMODULES = {
     # 1. infrastructure
     "chat", "config", "distributed", "exercises", "hub", "io", "plotting", "training", "widgets",
     # 2. lecture: one module per lecture idea, torch and numpy only
-    "clip", "llava", "llama", "mllama", "parallel", "rope", "pixtral", "diffusion", "dit", "flow", "mmdit", "evaluation", "diffusionclip",
+    "clip", "llava", "llama", "mllama", "parallel", "rope", "pixtral", "diffusion", "dit", "flow", "mmdit", "sd35", "evaluation", "diffusionclip",
     # 3. the course's world (``shapes`` and ``data`` are aliases of ``world.shapes`` / ``world.data``)
     "world", "shapes", "data",
     # 4-5. library weight layouts; build / train / ship / judge the course models

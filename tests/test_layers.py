@@ -17,7 +17,7 @@ PKG = Path(__file__).resolve().parent.parent / "course_utils"
 
 INFRASTRUCTURE = {"__init__", "chat", "config", "distributed", "exercises", "hub", "io", "plotting", "training", "widgets"}
 LECTURE = {"clip", "llava", "llama", "mllama", "rope", "pixtral", "diffusion", "diffusionclip", "dit", "flow",
-           "mmdit", "evaluation", "parallel"}
+           "mmdit", "sd35", "evaluation", "parallel"}
 # Aliases kept for notebooks: ``course_utils.shapes`` / ``course_utils.data`` are the world's modules.
 ALIASES = {"shapes": "world", "data": "world"}
 ALLOWED = {
