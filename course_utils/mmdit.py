@@ -7,6 +7,8 @@ its own ``qkv`` projection, RMS QK-norm (``ln_q`` / ``ln_k``), output projection
 the two streams meet in **one** attention over the concatenated sequence (``joint_attention``).
 The last block is ``pre_only`` on the text side (diffusers' ``context_pre_only``): its text tokens are
 only keys and values, so that half has no output projection, no MLP and a 2-vector modulation.
+MMDiT-X (SD3.5 Medium, notebook 12): the image half of the ``x_block_self_attn_layers`` adds ``attn2``, an
+attention over the image tokens only, with 3 more adaLN vectors (diffusers' ``dual_attention_layers``).
 
 ``MMDiT`` is the whole transformer: ``x_embedder`` (patches) + the 2-D sin-cos positions cropped
 from a ``pos_embed_max_size`` grid, ``t_embedder`` (timestep) + ``y_embedder`` (pooled text) = the
@@ -18,7 +20,7 @@ conditioning vector ``c``, ``context_embedder`` (text tokens -> hidden size), th
 diffusers' names (``JointTransformerBlock``, ``SD3Transformer2DModel``; the weight mapping is
 ``course_utils.bridges.diffusers_sd3``): ``norm1`` / ``norm1_context`` = the two modulations,
 ``to_q/k/v`` / ``add_q/k/v_proj`` = the two ``qkv``, ``norm_q/k`` / ``norm_added_q/k`` = the QK-norms,
-``to_out`` / ``to_add_out`` = the two ``proj``, ``ff`` / ``ff_context`` = the two MLPs.
+``to_out`` / ``to_add_out`` = the two ``proj``, ``ff`` / ``ff_context`` = the two MLPs; ``attn2`` keeps its name.
 """
 from __future__ import annotations
 
@@ -127,40 +129,51 @@ def joint_attention(q: list[torch.Tensor], k: list[torch.Tensor], v: list[torch.
 class DismantledBlock(nn.Module):
     """One modality's half of an MM-DiT block (Stability's name): its own adaLN-Zero, ``attn``
     projections, ``norm2`` and ``mlp``. ``pre_only`` (the text side of the last block): only the
-    keys/values are needed, so 2 modulation vectors (shift, scale) and no ``proj`` / ``mlp``."""
+    keys/values are needed, so 2 modulation vectors (shift, scale) and no ``proj`` / ``mlp``. ``x_block_self_attn``
+    (MMDiT-X): ``attn2`` over this modality's tokens only and 9 vectors, (shift, scale, gate) x (msa, mlp, msa2)."""
 
     def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, pre_only: bool = False,
-                 qk_norm: str | None = "rms_norm"):
+                 qk_norm: str | None = "rms_norm", x_block_self_attn: bool = False):
         super().__init__()
-        self.pre_only = pre_only
+        if pre_only and x_block_self_attn:
+            raise ValueError("x_block_self_attn (attn2) is for the image half, never pre_only (the last text half)")
+        self.pre_only, self.x_block_self_attn = pre_only, x_block_self_attn
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.attn = SelfAttention(hidden_size, num_heads, qk_norm=qk_norm, pre_only=pre_only)
+        self.attn2 = SelfAttention(hidden_size, num_heads, qk_norm=qk_norm) if x_block_self_attn else None
         if not pre_only:
             self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
             self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
-        n_mods = 2 if pre_only else 6
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, n_mods * hidden_size, bias=True))
+        self.n_mods = 2 if pre_only else 9 if x_block_self_attn else 6
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, self.n_mods * hidden_size, bias=True))
         # adaLN-Zero: the modulation starts at zero, so gates are 0 and the block starts as the identity
         nn.init.zeros_(self.adaLN_modulation[-1].weight)
         nn.init.zeros_(self.adaLN_modulation[-1].bias)
 
     def pre_attention(self, x: torch.Tensor, c: torch.Tensor):
         """x (N, T, D), c (N, D) -> (q, k, v) and what ``post_attention`` needs (gates, MLP modulation)."""
-        if self.pre_only:
-            shift_msa, scale_msa = self.adaLN_modulation(c).chunk(2, dim=1)
-            return self.attn.pre_attention(modulate(self.norm1(x), shift_msa, scale_msa)), None
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
+        shift_msa, scale_msa, *rest = self.adaLN_modulation(c).chunk(self.n_mods, dim=1)  # 2, 6 or 9 x (N, D)
+        x_norm = self.norm1(x)
         # gamma_1 * LN(x) + beta_1   (gamma = 1 + scale, beta = shift), with this modality's own vectors
-        qkv = self.attn.pre_attention(modulate(self.norm1(x), shift_msa, scale_msa))
-        return qkv, (x, gate_msa, shift_mlp, scale_mlp, gate_mlp)
+        qkv = self.attn.pre_attention(modulate(x_norm, shift_msa, scale_msa))
+        if self.pre_only:
+            return qkv, None
+        gate_msa, shift_mlp, scale_mlp, gate_mlp, *msa2 = rest  # msa2: attn2's shift, scale, gate (MMDiT-X)
+        # attn2's input: gamma_3 * LN(x) + beta_3, the same LN(x) with attn2's own vectors
+        extra = (self.attn2.pre_attention(modulate(x_norm, msa2[0], msa2[1])), msa2[2]) if msa2 else ()
+        return qkv, (x, gate_msa, shift_mlp, scale_mlp, gate_mlp, *extra)
 
     def post_attention(self, attn: torch.Tensor, intermediates) -> torch.Tensor:
         """attn (N, T, D) = this modality's rows of the joint attention -> the block's output (N, T, D)."""
         if self.pre_only:
             raise RuntimeError("a pre_only block has no post-attention part (its tokens end here)")
-        x, gate_msa, shift_mlp, scale_mlp, gate_mlp = intermediates
+        x, gate_msa, shift_mlp, scale_mlp, gate_mlp, *second = intermediates
         # x <- x + alpha_1 * proj(attn)
         x = x + gate_msa.unsqueeze(1) * self.attn.proj(attn)
+        if self.x_block_self_attn:  # attn2 = softmax(q2 k2^T / sqrt(d)) v2 over this modality's tokens only
+            (q2, k2, v2), gate_msa2 = second
+            # x <- x + alpha_3 * proj2(attn2)   (alpha_3 = gate_msa2; attn2 read LN(x) of the block's input x)
+            x = x + gate_msa2.unsqueeze(1) * self.attn2.proj(joint_attention([q2], [k2], [v2])[0])
         # x <- x + alpha_2 * MLP(gamma_2 * LN(x) + beta_2)
         x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
         return x
@@ -171,14 +184,15 @@ class JointBlock(nn.Module):
 
     x (N, T_x, D) image tokens, context (N, T_c, D) text tokens, c (N, D) conditioning (timestep +
     pooled text). Separate weights per modality, one joint attention. With ``pre_only=True`` (the last
-    block) the returned context is ``None``, as in diffusers.
+    block) the returned context is ``None``, as in diffusers. ``x_block_self_attn``: MMDiT-X (notebook 12).
     """
 
     def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, pre_only: bool = False,
-                 qk_norm: str | None = "rms_norm"):
+                 qk_norm: str | None = "rms_norm", x_block_self_attn: bool = False):
         super().__init__()
         self.context_block = DismantledBlock(hidden_size, num_heads, mlp_ratio, pre_only=pre_only, qk_norm=qk_norm)
-        self.x_block = DismantledBlock(hidden_size, num_heads, mlp_ratio, pre_only=False, qk_norm=qk_norm)
+        self.x_block = DismantledBlock(hidden_size, num_heads, mlp_ratio, qk_norm=qk_norm,
+                                       x_block_self_attn=x_block_self_attn)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, c: torch.Tensor):
         if x.ndim != 3 or context.ndim != 3 or c.ndim != 2:
@@ -240,8 +254,10 @@ class MMDiT(nn.Module):
     def __init__(self, sample_size: int = 128, patch_size: int = 2, in_channels: int = 16, depth: int = 24,
                  num_heads: int | None = None, head_dim: int = 64, joint_attention_dim: int = 4096,
                  pooled_projection_dim: int = 2048, out_channels: int | None = None, pos_embed_max_size: int = 192,
-                 qk_norm: str | None = None, mlp_ratio: float = 4.0):
+                 qk_norm: str | None = None, mlp_ratio: float = 4.0, x_block_self_attn_layers=()):
         super().__init__()
+        if any(not 0 <= i < depth for i in x_block_self_attn_layers):  # MMDiT-X blocks (SD3.5 Medium: 0..12)
+            raise ValueError(f"x_block_self_attn_layers {x_block_self_attn_layers} must be in 0..{depth - 1}")
         num_heads = depth if num_heads is None else num_heads
         hidden_size = num_heads * head_dim
         out_channels = in_channels if out_channels is None else out_channels
@@ -253,7 +269,8 @@ class MMDiT(nn.Module):
         self.config = dict(sample_size=sample_size, patch_size=patch_size, in_channels=in_channels, depth=depth,
                            num_heads=num_heads, head_dim=head_dim, joint_attention_dim=joint_attention_dim,
                            pooled_projection_dim=pooled_projection_dim, out_channels=out_channels,
-                           pos_embed_max_size=pos_embed_max_size, qk_norm=qk_norm, mlp_ratio=mlp_ratio)
+                           pos_embed_max_size=pos_embed_max_size, qk_norm=qk_norm, mlp_ratio=mlp_ratio,
+                           x_block_self_attn_layers=tuple(sorted(set(x_block_self_attn_layers))))
         self.patch_size, self.out_channels, self.pos_embed_max_size = patch_size, out_channels, pos_embed_max_size
         self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size)  # [cos, sin] of 256 frequencies, then an MLP
@@ -262,7 +279,8 @@ class MMDiT(nn.Module):
         pos = get_2d_sincos_pos_embed(hidden_size, pos_embed_max_size, base_size=sample_size // patch_size)
         self.register_buffer("pos_embed", pos.unsqueeze(0))  # (1, M*M, D), fixed
         self.joint_blocks = nn.ModuleList([
-            JointBlock(hidden_size, num_heads, mlp_ratio, pre_only=i == depth - 1, qk_norm=qk_norm)
+            JointBlock(hidden_size, num_heads, mlp_ratio, pre_only=i == depth - 1, qk_norm=qk_norm,
+                       x_block_self_attn=i in x_block_self_attn_layers)
             for i in range(depth)])
         self.final_layer = FinalLayer(hidden_size, patch_size, out_channels)
 
@@ -318,20 +336,15 @@ def combine_text_embeddings(clip_l: torch.Tensor, clip_g: torch.Tensor, t5: torc
                              f"got shape {tuple(named[name].shape)}")
     if t5 is not None and t5.ndim != 3:
         raise ValueError(f"t5 must be (N, S, D) or None, got shape {tuple(t5.shape)}")
-    batch = {name: v.shape[0] for name, v in named.items()}
-    if t5 is not None:
-        batch["t5"] = t5.shape[0]
+    batch = {name: v.shape[0] for name, v in {**named, "t5": t5}.items() if v is not None}
     if len(set(batch.values())) != 1:
         raise ValueError(f"all inputs need the same batch size, got {batch}")
     if clip_l.shape[1] != clip_g.shape[1]:
         raise ValueError(f"the two CLIP sequences must have the same length (77 in SD3), got "
                          f"{clip_l.shape[1]} and {clip_g.shape[1]}")
-    if t5 is not None:
-        if joint_attention_dim is not None and joint_attention_dim != t5.shape[-1]:
-            raise ValueError(f"joint_attention_dim={joint_attention_dim} differs from T5's width {t5.shape[-1]}")
-        width = t5.shape[-1]
-    else:
-        width = 4096 if joint_attention_dim is None else joint_attention_dim
+    if t5 is not None and joint_attention_dim is not None and joint_attention_dim != t5.shape[-1]:
+        raise ValueError(f"joint_attention_dim={joint_attention_dim} differs from T5's width {t5.shape[-1]}")
+    width = t5.shape[-1] if t5 is not None else 4096 if joint_attention_dim is None else joint_attention_dim
     clip = torch.cat([clip_l, clip_g], dim=-1)  # (N, 77, 768 + 1280 = 2048)
     if clip.shape[-1] > width:
         raise ValueError(f"the CLIP features ({clip_l.shape[-1]} + {clip_g.shape[-1]} = {clip.shape[-1]}) are "

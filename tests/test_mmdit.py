@@ -251,3 +251,163 @@ def test_positions_match_the_dit_grid_and_diffusers():
     from diffusers.models.embeddings import get_2d_sincos_pos_embed as theirs
     assert torch.allclose(mmdit.get_2d_sincos_pos_embed(32, 12, base_size=4), theirs(32, 12, base_size=4).float(), atol=1e-6)
     assert mmdit.get_2d_sincos_pos_embed(32, 12, device="meta").device.type == "meta"
+
+
+# ---- MMDiT-X (SD3.5 Medium's dual-attention blocks, notebook 12) -------------------------------
+
+# SD3.5 Medium: 24 blocks of width 1536, RMS QK-norm, a 384 x 384 position grid and attn2 in blocks 0..12
+# (diffusers' convert_sd3_to_diffusers.py: "(0, 1, ..., 12) for sd3.5"; notebook 12, sd35.PARAMETERS["mmdit_medium"])
+MEDIUM_DUAL_LAYERS = tuple(range(13))
+
+
+def _randomize_ref(module, std=0.1, seed=0):
+    return _randomize(module, std, seed).eval()
+
+
+@pytest.mark.parametrize("qk_norm", ["rms_norm", None])
+@pytest.mark.parametrize("pre_only", [False, True], ids=["block", "context_pre_only"])
+def test_dual_block_parity_with_joint_transformer_block(pre_only, qk_norm):
+    from diffusers.models.attention import JointTransformerBlock
+    ref = _randomize_ref(JointTransformerBlock(32, 4, 8, context_pre_only=pre_only, qk_norm=qk_norm,
+                                               use_dual_attention=True))
+    block = diffusers_sd3.block_from_diffusers(ref)
+    assert block.x_block.x_block_self_attn and block.x_block.adaLN_modulation[1].out_features == 9 * 32
+    assert block.context_block.attn2 is None  # attn2 is the image side's only
+    x, context, c = torch.randn(3, 16, 32), torch.randn(3, 7, 32), torch.randn(3, 32)
+    with torch.no_grad():
+        ours_x, ours_c = block(x, context, c)
+        ref_c, ref_x = ref(hidden_states=x, encoder_hidden_states=context, temb=c)
+    assert (ours_x - ref_x).abs().max() < 1e-5
+    assert (ours_c is None and ref_c is None) if pre_only else (ours_c - ref_c).abs().max() < 1e-5
+    # attn2 really contributes: the same weights without it (6 vectors = the first 6 of the 9) give another x
+    plain = mmdit.JointBlock(32, 4, pre_only=pre_only, qk_norm=qk_norm).eval()
+    sd = {k: v for k, v in block.state_dict().items() if not k.startswith("x_block.attn2.")}
+    sd["x_block.adaLN_modulation.1.weight"] = sd["x_block.adaLN_modulation.1.weight"][:6 * 32]
+    sd["x_block.adaLN_modulation.1.bias"] = sd["x_block.adaLN_modulation.1.bias"][:6 * 32]
+    plain.load_state_dict(sd)
+    with torch.no_grad():
+        assert not torch.allclose(plain(x, context, c)[0], ours_x, atol=1e-3)
+    # round trip: course -> diffusers state dict -> the same keys and tensors as ref's
+    sd_back = diffusers_sd3.block_to_diffusers_state_dict(block)
+    assert set(sd_back) == set(ref.state_dict()) and all(torch.equal(sd_back[k], v) for k, v in ref.state_dict().items())
+    again = diffusers_sd3.block_to_diffusers(block)
+    with torch.no_grad():
+        assert torch.equal(again(hidden_states=x, encoder_hidden_states=context, temb=c)[1], ref_x)
+
+
+def test_dual_block_modulation_order_is_msa_mlp_msa2():
+    # the 9 adaLN vectors are (shift, scale, gate) x (msa, mlp, msa2): swapping the msa2 and mlp triplets breaks parity
+    from diffusers.models.attention import JointTransformerBlock
+    ref = _randomize_ref(JointTransformerBlock(32, 4, 8, qk_norm="rms_norm", use_dual_attention=True), seed=1)
+    block = diffusers_sd3.block_from_diffusers(ref)
+    x, context, c = torch.randn(2, 9, 32), torch.randn(2, 5, 32), torch.randn(2, 32)
+    with torch.no_grad():
+        want = ref(hidden_states=x, encoder_hidden_states=context, temb=c)[1]
+        assert torch.allclose(block(x, context, c)[0], want, atol=1e-5)
+        lin = block.x_block.adaLN_modulation[1]
+        order = [0, 1, 2, 6, 7, 8, 3, 4, 5]
+        for p in (lin.weight, lin.bias):
+            p.copy_(torch.cat([p.chunk(9, dim=0)[i] for i in order], dim=0))
+        assert not torch.allclose(block(x, context, c)[0], want, atol=1e-3)
+
+
+def test_fresh_dual_block_is_identity_on_meta_and_bfloat16():
+    torch.manual_seed(0)
+    x, context, c = torch.randn(2, 16, 32), torch.randn(2, 7, 32), torch.randn(2, 32)
+    with torch.no_grad():
+        fx, fc = mmdit.JointBlock(32, 4, x_block_self_attn=True)(x, context, c)
+    assert torch.equal(fx, x) and torch.equal(fc, context)  # adaLN-Zero: all 9 + 6 vectors start at 0
+    with torch.device("meta"):
+        out = mmdit.JointBlock(64, 4, x_block_self_attn=True)(torch.empty(2, 16, 64), torch.empty(2, 5, 64),
+                                                               torch.empty(2, 64))
+    assert out[0].device.type == "meta" and out[0].shape == (2, 16, 64)
+    block = _randomize(mmdit.JointBlock(32, 4, x_block_self_attn=True)).eval()
+    with torch.no_grad():
+        want = block(x, context, c)[0]
+        got = block.to(torch.bfloat16)(x.bfloat16(), context.bfloat16(), c.bfloat16())[0]
+    assert got.dtype == torch.bfloat16 and (got.float() - want).abs().max() < 0.1
+
+
+def test_dual_block_parameter_difference():
+    D, heads = 32, 4
+    n = lambda m: sum(p.numel() for p in m.parameters())
+    for qk_norm in ("rms_norm", None):
+        plain = mmdit.JointBlock(D, heads, qk_norm=qk_norm)
+        dual = mmdit.JointBlock(D, heads, qk_norm=qk_norm, x_block_self_attn=True)
+        # attn2: qkv (D x 3D + 3D) + proj (D x D + D) + RMS gains of q and k (D/heads each);
+        # modulation: 3 more output vectors (shift, scale, gate of msa2) -> D x 3D + 3D
+        attn2 = (D * 3 * D + 3 * D) + (D * D + D) + (2 * (D // heads) if qk_norm else 0)
+        extra_mod = D * 3 * D + 3 * D
+        assert n(dual) - n(plain) == attn2 + extra_mod
+        assert n(dual.x_block.attn2) == attn2
+        assert n(dual.x_block.adaLN_modulation) - n(plain.x_block.adaLN_modulation) == extra_mod
+    assert attn2 + extra_mod == 7 * D * D + 7 * D  # without QK-norm: 7 linear maps D -> D with bias
+
+
+def test_dual_transformer_parity_and_round_trip():
+    from diffusers import SD3Transformer2DModel
+    torch.manual_seed(0)
+    ref = _randomize_ref(SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=3,
+                                               attention_head_dim=16, num_attention_heads=2, joint_attention_dim=24,
+                                               caption_projection_dim=32, pooled_projection_dim=20, out_channels=4,
+                                               pos_embed_max_size=12, qk_norm="rms_norm", dual_attention_layers=(0, 1)))
+    model = diffusers_sd3.from_diffusers(ref)
+    assert model.config["x_block_self_attn_layers"] == (0, 1)
+    assert [b.x_block.x_block_self_attn for b in model.joint_blocks] == [True, True, False]
+    assert diffusers_sd3.diffusers_config(model)["dual_attention_layers"] == (0, 1)
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([999.0, 250.0])
+    context, y = torch.randn(2, 5, 24), torch.randn(2, 20)
+    with torch.no_grad():
+        ours = model(x, t, context, y)
+        theirs = ref(hidden_states=x, encoder_hidden_states=context, pooled_projections=y, timestep=t).sample
+    assert (ours - theirs).abs().max() < 1e-5
+    # the same model without the dual layers (attn2 dropped) is another function
+    no_dual = _tiny(depth=3, num_heads=2, head_dim=16)
+    sd = {k: v for k, v in model.state_dict().items() if ".attn2." not in k}
+    for i in (0, 1):
+        for wb in ("weight", "bias"):
+            key = f"joint_blocks.{i}.x_block.adaLN_modulation.1.{wb}"
+            sd[key] = sd[key][:6 * 32]
+    no_dual.load_state_dict(sd)
+    with torch.no_grad():
+        assert not torch.allclose(no_dual.eval()(x, t, context, y), ours, atol=1e-3)
+    # round trip: the course model -> diffusers -> the same outputs and the same weights
+    back = diffusers_sd3.to_diffusers(model)
+    assert [b.attn2 is not None for b in back.transformer_blocks] == [True, True, False]
+    assert all(torch.equal(v, back.state_dict()[k]) for k, v in ref.state_dict().items())
+    with torch.no_grad():
+        again = back(hidden_states=x, encoder_hidden_states=context, pooled_projections=y, timestep=t).sample
+    assert torch.equal(again, theirs)
+
+
+def test_sd35_medium_parameter_count_on_meta():
+    from diffusers import SD3Transformer2DModel
+    with torch.device("meta"):
+        model = mmdit.MMDiT(**mmdit.sd3_config(24, qk_norm="rms_norm", pos_embed_max_size=384,
+                                               x_block_self_attn_layers=MEDIUM_DUAL_LAYERS))
+        ref = SD3Transformer2DModel(**diffusers_sd3.diffusers_config(model))
+        plain = mmdit.MMDiT(**mmdit.sd3_config(24, qk_norm="rms_norm", pos_embed_max_size=384))
+    n = lambda m: sum(p.numel() for p in m.parameters())
+    assert [b.attn2 is not None for b in ref.transformer_blocks] == [i < 13 for i in range(24)]
+    assert n(model) == n(ref) == 2_243_171_520
+    D = 64 * 24
+    per_layer = 7 * D * D + 7 * D + 2 * 64  # attn2 + 3 modulation vectors (see test_dual_block_parameter_difference)
+    assert n(model) - n(plain) == 13 * per_layer
+    # + the 384 x 384 x 1536 fixed positions the checkpoint stores: notebook 12's 2 469 663 936
+    assert n(model) + model.pos_embed.numel() == 2_469_663_936
+
+
+def test_dual_attention_errors():
+    with pytest.raises(ValueError, match="x_block_self_attn_layers"):
+        _tiny(x_block_self_attn_layers=(3,))
+    with pytest.raises(ValueError, match="pre_only"):
+        mmdit.DismantledBlock(32, 4, pre_only=True, x_block_self_attn=True)
+    from diffusers import SD3Transformer2DModel
+    ref = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8,
+                                num_attention_heads=2, joint_attention_dim=24, caption_projection_dim=16,
+                                pooled_projection_dim=20, out_channels=4, pos_embed_max_size=8,
+                                qk_norm="layer_norm", dual_attention_layers=(0,))
+    with pytest.raises(ValueError, match="qk_norm"):
+        diffusers_sd3.from_diffusers(ref)
+    with pytest.raises(ValueError, match="QK-norm"):
+        diffusers_sd3.block_from_diffusers(ref.transformer_blocks[0])

@@ -4,7 +4,10 @@ The course follows Stability's reference layout (``sd3.5/mmditx.py``): fused ``q
 adaLN vectors ordered (shift, scale, ...). diffusers splits ``qkv`` into ``to_q`` / ``to_k`` / ``to_v``
 (image) and ``add_q_proj`` / ``add_k_proj`` / ``add_v_proj`` (text), and its ``AdaLayerNormContinuous``
 (the last block's text modulation and ``norm_out``) orders its two vectors (scale, shift): the halves are
-swapped, as diffusers' ``convert_sd3_to_diffusers.py`` does. Used by the parity tests and notebook 11.
+swapped, as diffusers' ``convert_sd3_to_diffusers.py`` does. MMDiT-X blocks (SD3.5 Medium): the course's
+``x_block.attn2`` is diffusers' ``attn2`` (``to_q/k/v``, ``norm_q/k``, ``to_out.0``), and the image side's
+9-vector modulation is ``norm1.linear`` (``SD35AdaLayerNormZeroX``) in the same order, (shift, scale, gate)
+x (msa, mlp, msa2). Used by the parity tests and notebooks 11 and 12.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ def _like(module, p: torch.Tensor):
 def _block_pairs(block: JointBlock) -> list[tuple[str, tuple[str, ...], str]]:
     """(course key, diffusers keys, how): ``same`` copies, ``cat`` joins q, k, v, ``swap`` swaps the halves."""
     pre_only = block.context_block.pre_only
+    dual = block.x_block.x_block_self_attn
     rms = block.x_block.attn.qk_norm == "rms_norm"
     pairs = []
     for wb in ("weight", "bias"):
@@ -47,11 +51,17 @@ def _block_pairs(block: JointBlock) -> list[tuple[str, tuple[str, ...], str]]:
             pairs += [(f"context_block.attn.proj.{wb}", (f"attn.to_add_out.{wb}",), "same"),
                       (f"context_block.mlp.fc1.{wb}", (f"ff_context.net.0.proj.{wb}",), "same"),
                       (f"context_block.mlp.fc2.{wb}", (f"ff_context.net.2.{wb}",), "same")]
+        if dual:  # MMDiT-X: the image-only attention (its modulation is in norm1.linear above, 9 vectors)
+            pairs += [(f"x_block.attn2.qkv.{wb}", tuple(f"attn2.to_{n}.{wb}" for n in "qkv"), "cat"),
+                      (f"x_block.attn2.proj.{wb}", (f"attn2.to_out.0.{wb}",), "same")]
     if rms:
         pairs += [("x_block.attn.ln_q.weight", ("attn.norm_q.weight",), "same"),
                   ("x_block.attn.ln_k.weight", ("attn.norm_k.weight",), "same"),
                   ("context_block.attn.ln_q.weight", ("attn.norm_added_q.weight",), "same"),
                   ("context_block.attn.ln_k.weight", ("attn.norm_added_k.weight",), "same")]
+        if dual:
+            pairs += [("x_block.attn2.ln_q.weight", ("attn2.norm_q.weight",), "same"),
+                      ("x_block.attn2.ln_k.weight", ("attn2.norm_k.weight",), "same")]
     return pairs
 
 
@@ -90,7 +100,8 @@ def block_kwargs(block: JointBlock) -> dict:
     if block.x_block.mlp.fc1.out_features != 4 * attn.qkv.in_features:
         raise ValueError("diffusers' MM-DiT block has a fixed 4x MLP; mlp_ratio must be 4.0")
     return dict(dim=attn.qkv.in_features, num_attention_heads=attn.num_heads, attention_head_dim=attn.head_dim,
-                context_pre_only=block.context_block.pre_only, qk_norm=attn.qk_norm)
+                context_pre_only=block.context_block.pre_only, qk_norm=attn.qk_norm,
+                use_dual_attention=block.x_block.x_block_self_attn)
 
 
 def block_to_diffusers_state_dict(block: JointBlock) -> dict[str, torch.Tensor]:
@@ -114,13 +125,25 @@ def block_to_diffusers(block: JointBlock):
     return _like(ref, p).eval()
 
 
+def _qk_norm(attn) -> str | None:
+    """The course's ``qk_norm`` for a diffusers ``Attention``: None or "rms_norm" (ValueError for other norms)."""
+    if attn.norm_q is None:
+        return None
+    if type(attn.norm_q).__name__ != "RMSNorm":
+        raise ValueError(f"the course MM-DiT has RMS QK-norm or none; this block has {type(attn.norm_q).__name__}")
+    return "rms_norm"
+
+
 def block_from_diffusers(ref) -> JointBlock:
-    """A course ``JointBlock`` built from a ``JointTransformerBlock`` (architecture and weights)."""
-    if getattr(ref, "use_dual_attention", False):
-        raise ValueError("MMDiT-X dual-attention blocks (SD3.5 Medium's first layers) are not part of the course block")
+    """A course ``JointBlock`` built from a ``JointTransformerBlock`` (architecture and weights; MMDiT-X
+    blocks, ``use_dual_attention=True``, included)."""
     attn = ref.attn
-    qk_norm = None if attn.norm_q is None else "rms_norm"
-    block = JointBlock(attn.inner_dim, attn.heads, pre_only=ref.context_pre_only, qk_norm=qk_norm)
+    qk_norm = _qk_norm(attn)
+    dual = bool(getattr(ref, "use_dual_attention", False))
+    if dual and _qk_norm(ref.attn2) != qk_norm:
+        raise ValueError("attn and attn2 of a dual-attention block must share the QK-norm (None or RMS), as in SD3.5")
+    block = JointBlock(attn.inner_dim, attn.heads, pre_only=ref.context_pre_only, qk_norm=qk_norm,
+                       x_block_self_attn=dual)
     block = block_from_diffusers_state_dict(ref.state_dict(), block)
     p = next(ref.parameters())
     return block.to(device=p.device, dtype=p.dtype).eval()
@@ -153,7 +176,8 @@ def diffusers_config(model: MMDiT) -> dict:
                 num_layers=c["depth"], attention_head_dim=c["head_dim"], num_attention_heads=c["num_heads"],
                 joint_attention_dim=c["joint_attention_dim"], caption_projection_dim=c["num_heads"] * c["head_dim"],
                 pooled_projection_dim=c["pooled_projection_dim"], out_channels=c["out_channels"],
-                pos_embed_max_size=c["pos_embed_max_size"], qk_norm=c["qk_norm"])
+                pos_embed_max_size=c["pos_embed_max_size"], qk_norm=c["qk_norm"],
+                dual_attention_layers=tuple(c["x_block_self_attn_layers"]))
 
 
 def to_diffusers_state_dict(model: MMDiT) -> dict[str, torch.Tensor]:
@@ -187,14 +211,17 @@ def to_diffusers(model: MMDiT):
 def from_diffusers(ref) -> MMDiT:
     """A course ``MMDiT`` built from an ``SD3Transformer2DModel`` (its config and weights, device and dtype)."""
     c = ref.config
-    if tuple(c.dual_attention_layers or ()):
-        raise ValueError("MMDiT-X dual-attention layers (SD3.5 Medium) are not part of the course MMDiT")
     if c.caption_projection_dim != c.num_attention_heads * c.attention_head_dim:
         raise ValueError("caption_projection_dim must equal the hidden size (heads * head_dim), as in SD3")
+    if c.qk_norm not in (None, "rms_norm"):
+        raise ValueError(f"the course MMDiT has qk_norm None or 'rms_norm', this model {c.qk_norm!r}")
+    # the blocks diffusers built with attn2 (it ignores indices >= num_layers in dual_attention_layers)
+    dual = tuple(i for i, b in enumerate(ref.transformer_blocks) if getattr(b, "attn2", None) is not None)
     model = MMDiT(sample_size=c.sample_size, patch_size=c.patch_size, in_channels=c.in_channels, depth=c.num_layers,
                   num_heads=c.num_attention_heads, head_dim=c.attention_head_dim,
                   joint_attention_dim=c.joint_attention_dim, pooled_projection_dim=c.pooled_projection_dim,
-                  out_channels=c.out_channels, pos_embed_max_size=c.pos_embed_max_size, qk_norm=c.qk_norm)
+                  out_channels=c.out_channels, pos_embed_max_size=c.pos_embed_max_size, qk_norm=c.qk_norm,
+                  x_block_self_attn_layers=dual)
     model = from_diffusers_state_dict(ref.state_dict(), model)
     p = next(ref.parameters())
     return model.to(device=p.device, dtype=p.dtype).eval()
