@@ -67,10 +67,10 @@ COURSE_MODELS: dict[str, CourseModel] = {
                                              "the digits DiT trained with uniform timesteps (vs logit-normal)"),
     "course/dit-digits-reflow": CourseModel("dit-digits-reflow", "10", "scripts/train_digits.py",
                                             "2-RF: the digits DiT after one reflow, for 1-2 step sampling"),
-    "course/mmdit-shapes": CourseModel("mmdit-shapes", "11", "scripts/train_mmdit.py",
-                                       "tiny text-to-image MM-DiT trained on Shapes World"),
+    "course/shapes-judge": CourseModel("shapes-judge", "11", "scripts/train_mmdit.py",
+                                       "reads colour, shape and place of Shapes World objects to judge generated images"),
     "course/sd3-shapes": CourseModel("sd3-shapes", "12", "scripts/train_mmdit.py",
-                                     "tiny StableDiffusion3Pipeline around the course MM-DiT"),
+                                     "tiny text-to-image StableDiffusion3Pipeline: course MM-DiT, VAE and CLIP"),
 }
 
 HUB_MODELS: dict[str, HubModel] = {
