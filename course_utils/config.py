@@ -154,11 +154,24 @@ def setup(seed: int = 0, *, deterministic: bool = True, device: str | None = Non
     np.set_printoptions(precision=4, suppress=True, linewidth=120)
     if matplotlib_defaults:
         _matplotlib_defaults()
+    if is_headless():
+        _no_library_progress_bars()
     cfg = CourseConfig(seed=seed, device=dev, dtype=dtype, fast=is_fast(), online=is_online(),
                        headless=is_headless(), versions=_versions())
     if not quiet:
         print(cfg.summary())
     return cfg
+
+
+def _no_library_progress_bars() -> None:
+    """Headless: no "Loading weights" / "Loading pipeline components" bars from transformers and diffusers."""
+    import importlib
+
+    for name in ("transformers.utils.logging", "diffusers.utils.logging"):
+        try:
+            importlib.import_module(name).disable_progress_bar()
+        except ImportError:  # a library that is not installed shows no bars either
+            pass
 
 
 def _matplotlib_defaults() -> None:

@@ -250,13 +250,15 @@ def _t5_tokenizer(texts):
 
 
 def tiny_sd3_pipeline(texts, *, clip_l_dim: int = 32, clip_g_dim: int = 48, t5_dim: int = 96, with_t5: bool = True,
-                      seed: int = 0):
+                      seed: int = 0, dual_attention_layers: tuple[int, ...] = (), with_vae: bool = False):
     """A ``StableDiffusion3Pipeline`` with SD3's three text encoders shrunk and randomly initialised (offline):
     two ``CLIPTextModelWithProjection`` (widths ``clip_l_dim`` and ``clip_g_dim`` in place of 768 and 1280,
     77-token context, CLIP's BPE restricted to the words of ``texts``), a ``T5EncoderModel`` of width
     ``t5_dim`` (in place of 4096; omitted with ``with_t5=False``, as ``text_encoder_3=None``), a 2-layer
-    ``SD3Transformer2DModel`` whose ``joint_attention_dim`` is ``t5_dim``, and no VAE. Enough for
-    ``encode_prompt``; a model that generates images is chapter 12's."""
+    ``SD3Transformer2DModel`` whose ``joint_attention_dim`` is ``t5_dim`` (SD3.5 Medium's MMDiT-X with
+    ``dual_attention_layers``; ``rms_norm`` QK-norm then, as Medium), and no VAE unless ``with_vae`` (a
+    2-block ``AutoencoderKL``, 16 channels, SD3's ``use_quant_conv=False`` and latent scale / shift). Enough for ``encode_prompt`` and
+    for the loading and sampling code of the real checkpoints; a model that generates images is chapter 12's."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
@@ -283,11 +285,20 @@ def tiny_sd3_pipeline(texts, *, clip_l_dim: int = 32, clip_g_dim: int = 48, t5_d
             text_encoder_3 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_3), d_model=t5_dim, d_kv=16, d_ff=2 * t5_dim,
                                                      num_layers=2, num_heads=4, pad_token_id=0,
                                                      eos_token_id=1)).eval()
+        dual = {"dual_attention_layers": tuple(dual_attention_layers), "qk_norm": "rms_norm"} if dual_attention_layers else {}
         transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=2,
                                             attention_head_dim=8, num_attention_heads=2, joint_attention_dim=t5_dim,
                                             caption_projection_dim=16, pooled_projection_dim=clip_l_dim + clip_g_dim,
-                                            out_channels=4, pos_embed_max_size=8)
+                                            out_channels=4, pos_embed_max_size=8, **dual)
+        vae = None
+        if with_vae:
+            from diffusers import AutoencoderKL
+
+            vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                                block_out_channels=(16, 16), layers_per_block=1, latent_channels=4, norm_num_groups=8,
+                                sample_size=16, use_quant_conv=False, use_post_quant_conv=False,
+                                scaling_factor=1.5305, shift_factor=0.0609).eval()  # SD3's VAE config values
     return StableDiffusion3Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-                                    vae=None, text_encoder=text_encoder, tokenizer=tokenizer,
+                                    vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                                     text_encoder_2=text_encoder_2, tokenizer_2=tokenizer,
                                     text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3)
