@@ -234,6 +234,16 @@ def _start_latent(velocity, x_src, t0, inversion_steps, inversion, generator) ->
     return (1 - t0) * x_src + t0 * noise
 
 
+def _given_or_start(x_t0, velocity, x_src, t0, inversion_steps, inversion, generator) -> torch.Tensor:
+    """``x_t0`` when given (checked against ``x_src``'s shape), else ``_start_latent``."""
+    if x_t0 is None:
+        return _start_latent(velocity, x_src, t0, inversion_steps, inversion, generator)
+    if not isinstance(x_t0, torch.Tensor) or x_t0.shape != x_src.shape:
+        shape = tuple(x_t0.shape) if isinstance(x_t0, torch.Tensor) else type(x_t0).__name__
+        raise ValueError(f"x_t0 must be a latent shaped like x_src {tuple(x_src.shape)}, got {shape}")
+    return x_t0
+
+
 def _edit_loop(velocity, encode_image, x_src, x_lat, params, direction, txt_tar, *, steps, t0, lr,
                iterations, lambda_dir, lambda_l1, lambda_global):
     """The loop shared by ``edit_latent`` (params = [latent]) and ``fine_tune_generator`` (params =
@@ -270,7 +280,8 @@ def edit_latent(velocity: Callable, encode_image: Callable, x_src: torch.Tensor,
                 direction: torch.Tensor | None, *, txt_tar: torch.Tensor | None = None, t0: float = 0.5,
                 steps: int = 4, inversion_steps: int | None = None, lr: float = 0.05, iterations: int = 30,
                 lambda_dir: float = 1.0, lambda_l1: float = 0.0, lambda_global: float = 0.0,
-                inversion: str = "ode", generator: torch.Generator | int | None = None):
+                inversion: str = "ode", generator: torch.Generator | int | None = None,
+                x_t0: torch.Tensor | None = None):
     """Text-guided editing in the spirit of DiffusionCLIP (Kim et al., CVPR 2022; lecture 05), by latent
     optimisation: invert ``x_src`` to x_{t0}, then optimise that latent with Adam so that the image
     ``generate`` makes from it moves along the text direction Delta T while staying close to ``x_src``:
@@ -293,6 +304,8 @@ def edit_latent(velocity: Callable, encode_image: Callable, x_src: torch.Tensor,
     ``text_direction``; ``txt_tar``: E_T(y_tar) (1, D) or (N, D), needed when ``lambda_global > 0``.
     ``inversion``: ``"ode"`` (``inversion_steps`` Euler steps, default ``steps``) or ``"noise"``
     (x_{t0} = (1 - t0) x_src + t0 noise, drawn from ``generator``, a ``torch.Generator`` or a seed).
+    ``x_t0``: a start latent computed elsewhere (e.g. inverted under another condition: a text-to-image
+    model inverts with the source prompt), used instead of ``inversion``.
     Returns ``(x_edit (N, ...), history)``: the image of the final latent, and the per-iteration
     terms (before that iteration's update) ``{"loss", "direction", "l1", "global"}``, lists of floats.
     """
@@ -300,7 +313,8 @@ def edit_latent(velocity: Callable, encode_image: Callable, x_src: torch.Tensor,
                      lambda_global, inversion)
     gen = _as_generator(generator)
     x_src = x_src.detach()
-    latent = _start_latent(velocity, x_src, t0, inversion_steps or steps, inversion, gen).clone().requires_grad_(True)
+    latent = _given_or_start(x_t0, velocity, x_src, t0, inversion_steps or steps, inversion, gen)
+    latent = latent.detach().clone().requires_grad_(True)
     return _edit_loop(velocity, encode_image, x_src, lambda: latent, [latent], direction, txt_tar,
                       steps=steps, t0=t0, lr=lr, iterations=iterations, lambda_dir=lambda_dir,
                       lambda_l1=lambda_l1, lambda_global=lambda_global)
@@ -311,14 +325,15 @@ def fine_tune_generator(model: torch.nn.Module, encode_image: Callable, x_src: t
                         t0: float = 0.5, steps: int = 4, inversion_steps: int | None = None, lr: float = 1e-4,
                         iterations: int = 30, lambda_dir: float = 1.0, lambda_l1: float = 0.0,
                         lambda_global: float = 0.0, inversion: str = "ode",
-                        generator: torch.Generator | int | None = None):
+                        generator: torch.Generator | int | None = None, x_t0: torch.Tensor | None = None):
     """DiffusionCLIP proper (Kim et al., CVPR 2022): the same loss as ``edit_latent``, but the
     latents x_{t0} = invert(x_src) stay fixed (inverted once by the model as it is) and Adam updates
     ``model``'s parameters *in place* (copy it first to keep the original: ``copy.deepcopy(model)``).
     The fine-tuned model then edits any image by ``generate(model, invert(original, x, t_end=t0))``
     (DiffusionCLIP inverts with the original model). ``model(x, t)`` is an ``nn.Module`` returning the
     velocity; only its parameters with ``requires_grad`` are trained. DiffusionCLIP's lr is 2e-6 to 8e-6
-    for its 100M+-parameter models. Returns ``(x_edit (N, ...), history)`` as ``edit_latent``.
+    for its 100M+-parameter models. ``x_t0`` as in ``edit_latent``. Returns ``(x_edit (N, ...), history)``
+    as ``edit_latent``.
     """
     if not isinstance(model, torch.nn.Module):
         raise ValueError(f"fine_tune_generator trains a model's parameters: pass an nn.Module, got {type(model).__name__}")
@@ -329,7 +344,7 @@ def fine_tune_generator(model: torch.nn.Module, encode_image: Callable, x_src: t
                      lambda_global, inversion)
     gen = _as_generator(generator)
     x_src = x_src.detach()
-    latent = _start_latent(model, x_src, t0, inversion_steps or steps, inversion, gen)  # (N, ...), fixed
+    latent = _given_or_start(x_t0, model, x_src, t0, inversion_steps or steps, inversion, gen).detach()  # fixed
     return _edit_loop(model, encode_image, x_src, lambda: latent, params, direction, txt_tar,
                       steps=steps, t0=t0, lr=lr, iterations=iterations, lambda_dir=lambda_dir,
                       lambda_l1=lambda_l1, lambda_global=lambda_global)
