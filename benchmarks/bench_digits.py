@@ -9,10 +9,9 @@ diffusers' ``DiTTransformer2DModel`` with the same weights.
 """
 from __future__ import annotations
 
-import time
-
 import torch
 
+from benchmarks import time_per_call
 from course_utils import hub
 from course_utils.bridges.diffusers_dit import from_diffusers
 from course_utils.data import load_digits
@@ -22,14 +21,6 @@ from course_utils.recipes.judges import load_digits_judge
 
 MODELS = (("logit-normal (1-RF, shipped)", "course/dit-digits"), ("uniform (1-RF)", "course/dit-digits-uniform"),
           ("2-RF (reflow)", "course/dit-digits-reflow"))
-
-
-def _time(fn, reps: int) -> float:
-    fn()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    return (time.perf_counter() - t0) / reps
 
 
 def run(fast: bool = True) -> dict:
@@ -72,8 +63,8 @@ def run(fast: bool = True) -> dict:
     reps = 5 if fast else 20
     with torch.no_grad():
         err = float((ours(xb, tb, yb) - ref(xb, tb, yb).sample).abs().max())
-        t_ours = _time(lambda: ours(xb, tb, yb), reps)
-        t_ref = _time(lambda: ref(xb, tb, yb).sample, reps)
+        t_ours = time_per_call(lambda: ours(xb, tb, yb), reps)
+        t_ref = time_per_call(lambda: ref(xb, tb, yb).sample, reps)
     rows.append({"model": "speed: course DiT forward, batch 256", "ms": round(1000 * t_ours, 2), "max |diff|": err})
     rows.append({"model": "speed: diffusers DiTTransformer2DModel forward, batch 256", "ms": round(1000 * t_ref, 2)})
     notes = (f"{len(labels)} samples per cell ({n_per} per class), same noise for every cell; judge = course CNN "

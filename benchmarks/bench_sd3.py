@@ -10,23 +10,14 @@ a yellow triangle"), over Euler steps x classifier-free guidance, sampled with t
 """
 from __future__ import annotations
 
-import time
-
 import torch
 
+from benchmarks import time_per_call
 from course_utils import hub
 from course_utils.bridges.diffusers_sd3 import from_diffusers
 from course_utils.recipes import judges, sd3_shapes
 from course_utils.recipes.clip import load_course_clip
 from course_utils.world import shapes
-
-
-def _time(fn, reps: int) -> float:
-    fn()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    return (time.perf_counter() - t0) / reps
 
 
 def _real_rows(pipe, judge, n: int) -> list[dict]:
@@ -71,8 +62,8 @@ def run(fast: bool = True) -> dict:
     with torch.no_grad():
         err = float((ours(x, t, c, p) - ref(hidden_states=x, encoder_hidden_states=c, pooled_projections=p,
                                             timestep=t).sample).abs().max())
-        t_ours = _time(lambda: ours(x, t, c, p), reps)
-        t_ref = _time(lambda: ref(hidden_states=x, encoder_hidden_states=c, pooled_projections=p, timestep=t), reps)
+        t_ours = time_per_call(lambda: ours(x, t, c, p), reps)
+        t_ref = time_per_call(lambda: ref(hidden_states=x, encoder_hidden_states=c, pooled_projections=p, timestep=t), reps)
     rows.append({"model": "speed: course MMDiT forward, batch 64", "ms": round(1000 * t_ours, 2), "max |diff|": err})
     rows.append({"model": "speed: diffusers SD3Transformer2DModel forward, batch 64", "ms": round(1000 * t_ref, 2)})
     notes = (f"{24 * per_prompt} one-object samples per row ({per_prompt} seeds x the 24 colour-shape prompts) and "

@@ -53,29 +53,35 @@ class DigitsClassifier(nn.Module):
         return self.head(self.features(x))
 
 
+def _fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, seed: int, *, lr: float,
+         augment, batch_size: int = 128) -> nn.Module:
+    """Cross-entropy with AdamW (weight decay 1e-4) and a cosine schedule on random batches, each through
+    ``augment(batch, generator)``; returns the model in eval mode."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = cosine_schedule(opt, steps, warmup=50)
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (batch_size,), generator=g)
+        loss = F.cross_entropy(model(augment(x[idx], g)), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return model.eval()
+
+
 def train_digits_judge(steps: int = 1500, seed: int = JUDGE_SEED, log=print) -> tuple[DigitsClassifier, float]:
     """Train the judge on the training digits (AdamW, cosine schedule, random one-pixel shifts); returns
     (model in eval mode, held-out accuracy on the test digits)."""
     seed_everything(seed)
     x, y = load_digits("train", scale="symmetric")
     xt, yt = load_digits("test", scale="symmetric")
-    model = DigitsClassifier()
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    sched = cosine_schedule(opt, steps, warmup=50)
-    g = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(0, len(x), (128,), generator=g)
-        xb = x[idx]
-        # augmentation: random shifts of up to one pixel (padding with the background value -1)
+    def shift(xb, g):  # random shifts of up to one pixel (padding with the background value -1)
         dx, dy = torch.randint(-1, 2, (2,), generator=g).tolist()
-        xb = F.pad(xb, (1, 1, 1, 1), value=-1.0)[:, :, 1 + dy:9 + dy, 1 + dx:9 + dx]
-        loss = F.cross_entropy(model(xb), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-    model.eval()
+        return F.pad(xb, (1, 1, 1, 1), value=-1.0)[:, :, 1 + dy:9 + dy, 1 + dx:9 + dx]
+
+    model = _fit(DigitsClassifier(), x, y, steps, seed, lr=2e-3, augment=shift)
     acc = class_consistency(model, xt, yt)
     log(f"classifier: held-out accuracy {acc:.4f} on {len(xt)} test digits")
     return model, acc
@@ -224,21 +230,10 @@ def train_shapes_judge(steps: int = 800, seed: int = JUDGE_SEED, n_train: int = 
     x, y = _object_masks(_distinct_colors(n_train, "train"))
     test_scenes = _distinct_colors(n_test, "test")
     xt, yt = _object_masks(test_scenes)
-    model = ShapesJudge()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    sched = cosine_schedule(opt, steps, warmup=50)
-    g = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(0, len(x), (128,), generator=g)
-        flip = torch.rand(x[idx].shape, generator=g) < 0.03
-        xb = torch.where(flip, 1 - x[idx], x[idx])
-        loss = F.cross_entropy(model(xb), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-    model.eval()
+    def flip(xb, g):  # 3 % of the mask's pixels flipped
+        return torch.where(torch.rand(xb.shape, generator=g) < 0.03, 1 - xb, xb)
+
+    model = _fit(ShapesJudge(), x, y, steps, seed, lr=3e-3, augment=flip)
     with torch.no_grad():
         mask_acc = (model(xt).argmax(1) == yt).float().mean().item()
     dets = model.detect(shapes.render_batch(test_scenes))
