@@ -9,7 +9,8 @@ machinery of notebook 13, written for the course's rectified flows (``course_uti
 - ``time_grid``, ``invert``, ``generate``: the deterministic ODE run up (image -> latent x_{t0}) and
   down (latent -> image) on the same Euler grid, DiffusionCLIP's DDIM inversion / generation in the
   flow convention (t = 0 data, t = 1 noise, x_t = (1 - t) x0 + t noise, v = noise - x0);
-- ``edit_latent``: optimise the inverted latent under the CLIP losses + L1 (the cheap variant);
+- ``edit_latent``: optimise the inverted latent under the CLIP losses + L1 (the cheap variant), the L1
+  optionally weighted by a mask that keeps everything but the edited object (a local edit);
   ``fine_tune_generator``: the same loop on the model's parameters (DiffusionCLIP proper).
 
 The model is any callable ``velocity(x, t)``, the encoders any callables: nothing here knows the
@@ -201,8 +202,20 @@ def _as_generator(generator) -> torch.Generator | None:
 
 
 def _check_edit_args(x_src, direction, txt_tar, steps, t0, lr, iterations, lambda_dir, lambda_l1,
-                     lambda_global, inversion) -> None:
+                     lambda_global, inversion, l1_weight=None) -> None:
     _check_x("x_src", x_src)
+    if l1_weight is not None:
+        ok = isinstance(l1_weight, torch.Tensor) and l1_weight.ndim == x_src.ndim
+        try:
+            ok = ok and torch.broadcast_shapes(l1_weight.shape, x_src.shape) == x_src.shape
+        except RuntimeError:
+            ok = False
+        if not ok:
+            desc = tuple(l1_weight.shape) if isinstance(l1_weight, torch.Tensor) else type(l1_weight).__name__
+            raise ValueError(f"l1_weight must be a tensor that broadcasts to x_src {tuple(x_src.shape)} (e.g. a mask "
+                             f"(N, 1, H, W): 1 where the image must stay, 0 where the edit may act), got {desc}")
+        if not bool((l1_weight >= 0).all()):
+            raise ValueError("l1_weight must be >= 0 everywhere (1 = keep this pixel, 0 = free to edit)")
     _check_steps(steps)
     _check_t("t0", t0)
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
@@ -245,7 +258,7 @@ def _given_or_start(x_t0, velocity, x_src, t0, inversion_steps, inversion, gener
 
 
 def _edit_loop(velocity, encode_image, x_src, x_lat, params, direction, txt_tar, *, steps, t0, lr,
-               iterations, lambda_dir, lambda_l1, lambda_global):
+               iterations, lambda_dir, lambda_l1, lambda_global, l1_weight=None):
     """The loop shared by ``edit_latent`` (params = [latent]) and ``fine_tune_generator`` (params =
     the model's). Gradients go to ``params`` only (``torch.autograd.grad``), never into the CLIP
     encoder's or the frozen model's ``.grad``."""
@@ -260,8 +273,9 @@ def _edit_loop(velocity, encode_image, x_src, x_lat, params, direction, txt_tar,
         # L_direction = 1 - cos(E_I(x_gen) - E_I(x_src), Delta T)
         l_dir = (directional_clip_loss(emb_gen, emb_src, direction.to(emb_gen), ref_txt.to(emb_gen))
                  if lambda_dir > 0 else emb_gen.new_zeros(()))
-        # L_L1 = mean |x_gen - x_src|
-        l_l1 = (x_gen - x_src).abs().mean()
+        # L_L1 = mean |x_gen - x_src|, or mean w |x_gen - x_src| for a local edit (w = 0 on the edited object)
+        l_l1 = (x_gen - x_src).abs() if l1_weight is None else l1_weight.to(x_gen) * (x_gen - x_src).abs()
+        l_l1 = l_l1.mean()
         # L_global = 1 - cos(E_I(x_gen), E_T(y_tar))
         l_glob = global_clip_loss(emb_gen, txt_tar.to(emb_gen)) if lambda_global > 0 else emb_gen.new_zeros(())
         loss = lambda_dir * l_dir + lambda_l1 * l_l1 + lambda_global * l_glob
@@ -281,7 +295,7 @@ def edit_latent(velocity: Callable, encode_image: Callable, x_src: torch.Tensor,
                 steps: int = 4, inversion_steps: int | None = None, lr: float = 0.05, iterations: int = 30,
                 lambda_dir: float = 1.0, lambda_l1: float = 0.0, lambda_global: float = 0.0,
                 inversion: str = "ode", generator: torch.Generator | int | None = None,
-                x_t0: torch.Tensor | None = None):
+                x_t0: torch.Tensor | None = None, l1_weight: torch.Tensor | None = None):
     """Text-guided editing in the spirit of DiffusionCLIP (Kim et al., CVPR 2022; lecture 05), by latent
     optimisation: invert ``x_src`` to x_{t0}, then optimise that latent with Adam so that the image
     ``generate`` makes from it moves along the text direction Delta T while staying close to ``x_src``:
@@ -306,18 +320,22 @@ def edit_latent(velocity: Callable, encode_image: Callable, x_src: torch.Tensor,
     (x_{t0} = (1 - t0) x_src + t0 noise, drawn from ``generator``, a ``torch.Generator`` or a seed).
     ``x_t0``: a start latent computed elsewhere (e.g. inverted under another condition: a text-to-image
     model inverts with the source prompt), used instead of ``inversion``.
+    ``l1_weight``: a weight broadcastable to ``x_src`` (e.g. a mask (N, 1, H, W)) that turns the identity
+    term into mean w |x_gen - x_src|: 1 where the image must stay, 0 on the object to edit. Delta T is
+    a *global* direction ("bluer"), so the plain loss also moves every other object along it; a mask
+    makes the edit local, as Blended Diffusion (Avrahami et al., CVPR 2022) localises CLIP-guided edits.
     Returns ``(x_edit (N, ...), history)``: the image of the final latent, and the per-iteration
     terms (before that iteration's update) ``{"loss", "direction", "l1", "global"}``, lists of floats.
     """
     _check_edit_args(x_src, direction, txt_tar, steps, t0, lr, iterations, lambda_dir, lambda_l1,
-                     lambda_global, inversion)
+                     lambda_global, inversion, l1_weight)
     gen = _as_generator(generator)
     x_src = x_src.detach()
     latent = _given_or_start(x_t0, velocity, x_src, t0, inversion_steps or steps, inversion, gen)
     latent = latent.detach().clone().requires_grad_(True)
     return _edit_loop(velocity, encode_image, x_src, lambda: latent, [latent], direction, txt_tar,
                       steps=steps, t0=t0, lr=lr, iterations=iterations, lambda_dir=lambda_dir,
-                      lambda_l1=lambda_l1, lambda_global=lambda_global)
+                      lambda_l1=lambda_l1, lambda_global=lambda_global, l1_weight=l1_weight)
 
 
 def fine_tune_generator(model: torch.nn.Module, encode_image: Callable, x_src: torch.Tensor,
@@ -325,14 +343,15 @@ def fine_tune_generator(model: torch.nn.Module, encode_image: Callable, x_src: t
                         t0: float = 0.5, steps: int = 4, inversion_steps: int | None = None, lr: float = 1e-4,
                         iterations: int = 30, lambda_dir: float = 1.0, lambda_l1: float = 0.0,
                         lambda_global: float = 0.0, inversion: str = "ode",
-                        generator: torch.Generator | int | None = None, x_t0: torch.Tensor | None = None):
+                        generator: torch.Generator | int | None = None, x_t0: torch.Tensor | None = None,
+                        l1_weight: torch.Tensor | None = None):
     """DiffusionCLIP proper (Kim et al., CVPR 2022): the same loss as ``edit_latent``, but the
     latents x_{t0} = invert(x_src) stay fixed (inverted once by the model as it is) and Adam updates
     ``model``'s parameters *in place* (copy it first to keep the original: ``copy.deepcopy(model)``).
     The fine-tuned model then edits any image by ``generate(model, invert(original, x, t_end=t0))``
     (DiffusionCLIP inverts with the original model). ``model(x, t)`` is an ``nn.Module`` returning the
     velocity; only its parameters with ``requires_grad`` are trained. DiffusionCLIP's lr is 2e-6 to 8e-6
-    for its 100M+-parameter models. ``x_t0`` as in ``edit_latent``. Returns ``(x_edit (N, ...), history)``
+    for its 100M+-parameter models. ``x_t0`` and ``l1_weight`` as in ``edit_latent``. Returns ``(x_edit (N, ...), history)``
     as ``edit_latent``.
     """
     if not isinstance(model, torch.nn.Module):
@@ -341,10 +360,10 @@ def fine_tune_generator(model: torch.nn.Module, encode_image: Callable, x_src: t
     if not params:
         raise ValueError("the model has no parameters with requires_grad=True to fine-tune")
     _check_edit_args(x_src, direction, txt_tar, steps, t0, lr, iterations, lambda_dir, lambda_l1,
-                     lambda_global, inversion)
+                     lambda_global, inversion, l1_weight)
     gen = _as_generator(generator)
     x_src = x_src.detach()
     latent = _given_or_start(x_t0, model, x_src, t0, inversion_steps or steps, inversion, gen).detach()  # fixed
     return _edit_loop(model, encode_image, x_src, lambda: latent, params, direction, txt_tar,
                       steps=steps, t0=t0, lr=lr, iterations=iterations, lambda_dir=lambda_dir,
-                      lambda_l1=lambda_l1, lambda_global=lambda_global)
+                      lambda_l1=lambda_l1, lambda_global=lambda_global, l1_weight=l1_weight)

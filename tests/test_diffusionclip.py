@@ -220,6 +220,46 @@ def test_edit_latent_l1_weight_keeps_the_edit_close():
     assert h_tied["direction"][-1] < 0.5 * h_tied["direction"][0]  # the edit still happens
 
 
+def test_l1_weight_makes_the_edit_local():
+    """w = 1 on the kept pixels, 0 on the free ones: the identity term mean w |x_gen - x_src| ties only the kept ones."""
+    x_src = gaussian_images()
+    kw = dict(t0=0.5, steps=4, lr=0.05, iterations=30, lambda_l1=10.0)
+    keep = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
+    keep[..., :2, :] = 1.0  # top half kept, bottom half free
+    local, h_local = diffusionclip.edit_latent(gaussian_velocity, toy_image_encoder, x_src, DELTA_T,
+                                               l1_weight=keep, **kw)
+    tied, _ = diffusionclip.edit_latent(gaussian_velocity, toy_image_encoder, x_src, DELTA_T, **kw)
+    change = (local - x_src).abs()
+    kept, free = change[..., :2, :].mean(), change[..., 2:, :].mean()
+    # the free half carries the edit; the kept half moves less than under the uniform L1 (which ties both)
+    assert free > 2 * kept, (float(free), float(kept))
+    assert free > 1.5 * (tied - x_src).abs()[..., 2:, :].mean()
+    assert h_local["direction"][-1] < 0.5 * h_local["direction"][0]
+    # the identity term is exactly mean w |x_gen - x_src| on the first iteration (nothing updated yet)
+    x_first = diffusionclip.generate(gaussian_velocity, diffusionclip.invert(gaussian_velocity, x_src, 4, t_end=0.5),
+                                     4, t_start=0.5)
+    assert h_local["l1"][0] == pytest.approx(float((keep * (x_first - x_src).abs()).mean()), rel=1e-9)
+    # all-ones weights are the plain L1: the same edit, bit for bit
+    ones, h_ones = diffusionclip.edit_latent(gaussian_velocity, toy_image_encoder, x_src, DELTA_T,
+                                             l1_weight=torch.ones(1, 1, 1, 1, dtype=torch.float64), **kw)
+    assert torch.equal(ones, tied)
+
+
+@pytest.mark.parametrize("weight,match", [
+    (torch.ones(3, 1, 4, 4), "broadcasts to x_src"),
+    (torch.ones(4, 4), "broadcasts to x_src"),
+    ([1.0], "broadcasts to x_src"),
+    (-torch.ones(1, 1, 4, 4), ">= 0"),
+])
+def test_l1_weight_bad_input(weight, match):
+    with pytest.raises(ValueError, match=match):
+        diffusionclip.edit_latent(gaussian_velocity, toy_image_encoder, gaussian_images(2), DELTA_T,
+                                  lambda_l1=1.0, l1_weight=weight, iterations=1)
+    with pytest.raises(ValueError, match=match):
+        diffusionclip.fine_tune_generator(ToyVelocity(), toy_image_encoder, gaussian_images(2), DELTA_T,
+                                          lambda_l1=1.0, l1_weight=weight, iterations=1)
+
+
 def test_edit_latent_global_loss_and_is_reproducible():
     x_src = gaussian_images(4)
     txt_tar = toy_image_encoder(gaussian_images(1, seed=9))

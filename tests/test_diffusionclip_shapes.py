@@ -154,6 +154,33 @@ def test_measure_edits_on_hand_made_cases(judge):
         dcs.object_masks(src, ["crimson"])
 
 
+def test_edit_masks_and_paste():
+    cases = [c for c in dcs.recolor_scenes(6) if c.other is not None]
+    src = shapes.render_batch([c.scene for c in cases])
+    pixels, latent = dcs.edit_masks(src, "red", dilate=1)
+    assert pixels.shape == (len(cases), 1, 32, 32) and latent.shape == (len(cases), 1, 16, 16)
+    every = dcs.object_masks(src, list(shapes.COLORS))
+    assert torch.equal(pixels[:, 0].bool(), every["red"])
+    for k, c in enumerate(cases):
+        # the red circle only: read against the whole palette, the other object is not in it
+        other = every[c.other[0]][k]
+        assert other.any() and not (pixels[k, 0].bool() & other).any()
+        assert pixels[k].sum() > 10
+    # the latent mask covers every masked pixel (each latent cell is 2 x 2 pixels)
+    up = latent.repeat_interleave(2, -1).repeat_interleave(2, -2)
+    assert bool((up >= pixels).all()) and up.sum() > pixels.sum()
+    assert torch.equal(dcs.edit_masks(src, "red", dilate=0)[1], torch.nn.functional.max_pool2d(pixels, 2))
+    # paste: the edited pixels inside the mask, the source outside, bit for bit
+    edited = torch.full_like(src, 7)
+    pasted = dcs.paste(src, edited, pixels)
+    inside = pixels.bool().expand_as(src)
+    assert torch.equal(pasted[inside], edited[inside]) and torch.equal(pasted[~inside], src[~inside])
+    with pytest.raises(ValueError, match=r"\(N, 1, H, W\)"):
+        dcs.paste(src, edited, pixels[:, :, :16])
+    with pytest.raises(ValueError, match="dilate"):
+        dcs.edit_masks(src, "red", dilate=-1)
+
+
 def test_edit_rejects_bad_input(random_pipe, course_clip):
     model, tok = course_clip
     cases = dcs.recolor_scenes(2)
@@ -164,6 +191,8 @@ def test_edit_rejects_bad_input(random_pipe, course_clip):
     mixed = [cases[0], dataclasses.replace(cases[1], target=("green", "circle"))]
     with pytest.raises(ValueError, match="same source and target"):
         dcs.edit(random_pipe, model, tok, mixed)
+    with pytest.raises(ValueError, match="localize"):
+        dcs.edit(random_pipe, model, tok, cases, method="regenerate", localize=True)
     with pytest.raises(ValueError, match="x_t0"):
         diffusionclip.edit_latent(lambda x, t: x, lambda x: x.flatten(1), torch.zeros(2, 3), torch.ones(1, 3),
                                   x_t0=torch.zeros(3, 3))
@@ -181,6 +210,11 @@ def test_small_end_to_end_edit(course_clip, judge):
             assert len(out["history"]["loss"]) == 2
         res = dcs.measure_edits(judge, cases, out["source"], out["edited"])
         assert 0 <= res["iou"] <= 1 and res["n"] == 2
+    # a local edit: the identity term weighs (1 - mask); the returned mask is the red circle's pixels
+    out = dcs.edit(pipe, model, tok, cases, method="finetune", iterations=2, steps=2, localize=True,
+                   generate_with="target")
+    assert torch.equal(out["mask"], dcs.edit_masks(out["source"], "red")[0])
+    assert out["edited"].shape == (2, 3, 32, 32) and len(out["history"]["l1"]) == 2
     # the transformer of the pipeline is left as it was by "finetune" (it trains a copy)
     fresh = sd3_shapes.load_pipeline()
     for (k, a), b in zip(pipe.transformer.state_dict().items(), fresh.transformer.state_dict().values()):

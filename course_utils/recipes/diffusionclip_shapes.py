@@ -14,14 +14,20 @@ trained with rectified flow), the course CLIP (``recipes.clip``) and the shapes 
 - ``edit``: invert the scenes with the deterministic ODE and edit them, by the DiffusionCLIP latent
   optimisation (``"latent"``), by fine-tuning a copy of the transformer (``"finetune"``) or by the baseline
   without CLIP loss, "invert with the source prompt, regenerate with the target prompt" (``"regenerate"``);
+  ``localize`` restricts the identity term to outside the edited object's mask (``edit_masks``) and ``paste``
+  puts the edit back on the source (Blended Diffusion's last step);
 - ``measure_edits``: the judge's verdicts (target reached, object mask IoU with the source, other object
   unchanged).
 
-Measured in notebook 13 (12 held-out scenes, 6 with a second object; t0 = 0.5, 4 Euler steps, 30 iterations,
-lambda_dir = lambda_l1 = 1): "regenerate" keeps everything (IoU 0.97) but never recolours (0 % reached);
-"latent" lowers the directional loss without a change the judge sees (0 %); "finetune" (lr 1e-3) reaches
-the blue circle in 67 % of the scenes with IoU 0.79 but tints the other object in every two-object scene.
-None meets the issue's target (>= 80 % reached, IoU >= 0.8, the rest unchanged).
+Measured in notebook 13 (12 held-out scenes, 6 with a second object; t0 = 0.5, 4 Euler steps, lambda_dir = 1):
+"regenerate" keeps everything (IoU 0.97) but never recolours (0 % reached); "latent" (10 iterations) lowers the
+directional loss without a change the judge sees (0 %); "finetune" (30 iterations, lr 1e-3, lambda_l1 = 1)
+reaches the blue circle in 67 % of the scenes with IoU 0.79 but tints the other object in every two-object
+scene (Delta T is a global direction). The local fine-tuning (``localize=True``: identity term weighted by
+1 - the red object's mask; lambda_l1 = 10, 50 iterations, generated with the target prompt -- chosen on those
+12 scenes) reaches 0.92 with IoU 0.85 and the other object unchanged in 5 of 6; on 24 further held-out scenes
+(``recolor_scenes(24, start=36)``, ``benchmarks/bench_diffusionclip.py``) 0.875 reached, IoU 0.84, the other
+object unchanged in 9 of 12 (the misses: a purple neighbour, the circle ends violet-blue).
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from .. import diffusionclip as dc
 from ..clip import TEMPLATES
@@ -39,7 +46,8 @@ from .clip import encode_images, encode_texts
 from .sd3_shapes import T5_TOKENS, short_prompt
 
 __all__ = ["METHODS", "EditCase", "recolor_scenes", "prompt_embeddings", "velocity", "encode", "decode",
-           "to_uint8", "image_encoder", "direction", "edit", "object_masks", "measure_edits", "summarize"]
+           "to_uint8", "image_encoder", "direction", "edit_masks", "edit", "paste", "object_masks", "measure_edits",
+           "summarize"]
 
 METHODS = ("regenerate", "latent", "finetune")
 
@@ -200,10 +208,35 @@ def direction(clip_model, tokenizer, source: str, target: str, templates: Sequen
 # --------------------------------------------------------------------------------------------
 # Editing
 # --------------------------------------------------------------------------------------------
+def edit_masks(images: torch.Tensor, color: str, *, dilate: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the edit may act: the pixels of ``color`` (the colour the edit instruction names, "red circle"),
+    read against the whole palette (``object_masks``), as floats (N, 1, 32, 32); and the same mask grown by
+    ``dilate`` pixels and max-pooled to the latent grid (N, 1, 16, 16: each latent cell covers 2 x 2 pixels),
+    for the identity weight ``1 - mask`` of a local edit."""
+    _check_images(images)
+    if isinstance(dilate, bool) or not isinstance(dilate, int) or dilate < 0:
+        raise ValueError(f"dilate must be an integer >= 0 (pixels), got {dilate!r}")
+    pixels = object_masks(images, list(shapes.COLORS))[color].float()[:, None]  # (N, 1, 32, 32)
+    grown = F.max_pool2d(pixels, 2 * dilate + 1, stride=1, padding=dilate) if dilate else pixels
+    return pixels, F.max_pool2d(grown, 2)  # (N, 1, 16, 16)
+
+
+def paste(source: torch.Tensor, edited: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Blended Diffusion's last step (Avrahami et al., CVPR 2022): the edited pixels inside ``mask``
+    (N, 1, H, W), the source outside, x = m x_edit + (1 - m) x_src; uint8 in and out."""
+    _check_images(source)
+    _check_images(edited)
+    if source.shape != edited.shape or mask.shape != (source.shape[0], 1, *source.shape[2:]):
+        raise ValueError(f"source {tuple(source.shape)}, edited {tuple(edited.shape)} and mask {tuple(mask.shape)} "
+                         f"must be (N, 3, H, W), (N, 3, H, W) and (N, 1, H, W)")
+    # x = m x_edit + (1 - m) x_src
+    return (mask * edited.float() + (1 - mask) * source.float()).round().to(torch.uint8)
+
+
 def edit(pipe, clip_model, tokenizer, cases: Sequence[EditCase], *, method: str = "finetune", t0: float = 0.5,
          steps: int = 4, inversion_steps: int | None = None, iterations: int = 30, lr: float | None = None,
          lambda_dir: float = 1.0, lambda_l1: float = 1.0, lambda_global: float = 0.0, guidance_scale: float = 1.0,
-         generate_with: str = "source", seed: int = 0) -> dict:
+         generate_with: str = "source", localize: bool = False, dilate: int = 1, seed: int = 0) -> dict:
     """Edit the ``cases``' scenes (a batch) from the source to the target object.
 
     Every method inverts the rendered scene's latent with the ODE to x_{t0}, conditioned on its *source*
@@ -217,7 +250,11 @@ def edit(pipe, clip_model, tokenizer, cases: Sequence[EditCase], *, method: str 
 
     Delta T goes from "<source colour> <source shape>" to the target's, over ``clip.TEMPLATES``. ``lr``
     defaults to 0.05 for the latent and 1e-3 for the generator (the measured choices of notebook 13).
-    Returns ``{"source": uint8 (N, 3, 32, 32), "edited": uint8, "history": dict or None, "method": ...}``.
+    ``localize`` (``"latent"`` / ``"finetune"``) makes the edit local: the identity term becomes
+    mean (1 - m) |z - z_src| with m the source object's mask on the latent grid (``edit_masks``, grown by
+    ``dilate`` pixels), so only the object is free to change.
+    Returns ``{"source": uint8 (N, 3, 32, 32), "edited": uint8, "mask": (N, 1, 32, 32) the source object's
+    pixels, "history": dict or None, "method": ...}``.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -225,11 +262,14 @@ def edit(pipe, clip_model, tokenizer, cases: Sequence[EditCase], *, method: str 
         raise ValueError(f"generate_with must be 'source' or 'target', got {generate_with!r}")
     if not cases or not all(isinstance(c, EditCase) for c in cases):
         raise ValueError("cases must be a non-empty list of EditCase (recolor_scenes(n))")
+    if localize and method == "regenerate":
+        raise ValueError("localize weights the identity term of the CLIP edits: use method 'latent' or 'finetune'")
     if len({(c.source, c.target) for c in cases}) != 1:
         raise ValueError("all cases of one batch must share the same source and target (one Delta T)")
     torch.manual_seed(seed)
     src_images = shapes.render_batch([c.scene for c in cases])
     z_src = encode(pipe, src_images)
+    mask, latent_mask = edit_masks(src_images, cases[0].source[0], dilate=dilate)
     src_prompts = [c.source_prompt for c in cases]
     tar_prompts = [c.target_prompt for c in cases]
     v_src = velocity(pipe, src_prompts, guidance_scale=guidance_scale)
@@ -248,7 +288,8 @@ def edit(pipe, clip_model, tokenizer, cases: Sequence[EditCase], *, method: str 
                 txt_tar = encode_texts(clip_model, tokenizer, tar_prompts)
         enc = image_encoder(pipe, clip_model)
         kw = dict(txt_tar=txt_tar, t0=t0, steps=steps, inversion_steps=inv_steps, iterations=iterations,
-                  lambda_dir=lambda_dir, lambda_l1=lambda_l1, lambda_global=lambda_global)
+                  lambda_dir=lambda_dir, lambda_l1=lambda_l1, lambda_global=lambda_global,
+                  l1_weight=1 - latent_mask if localize else None)  # (N, 1, 16, 16): 0 on the object
         gen_prompts = src_prompts if generate_with == "source" else tar_prompts
         x_t0 = dc.invert(v_src, z_src, inv_steps, t_end=t0)  # inverted with the source prompt
         if method == "latent":
@@ -262,7 +303,7 @@ def edit(pipe, clip_model, tokenizer, cases: Sequence[EditCase], *, method: str 
                                                      lr=1e-3 if lr is None else lr, **kw)
     with torch.no_grad():
         edited = to_uint8(decode(pipe, z_edit))
-    return {"source": src_images, "edited": edited, "history": history, "method": method}
+    return {"source": src_images, "edited": edited, "mask": mask, "history": history, "method": method}
 
 
 # --------------------------------------------------------------------------------------------
