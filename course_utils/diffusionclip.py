@@ -9,8 +9,7 @@ machinery of notebook 13, written for the course's rectified flows (``course_uti
 - ``time_grid``, ``invert``, ``generate``: the deterministic ODE run up (image -> latent x_{t0}) and
   down (latent -> image) on the same Euler grid, DiffusionCLIP's DDIM inversion / generation in the
   flow convention (t = 0 data, t = 1 noise, x_t = (1 - t) x0 + t noise, v = noise - x0);
-- ``edit_latent``: optimise the inverted latent under the CLIP losses + L1 (the cheap variant), the L1
-  optionally weighted by a mask that keeps everything but the edited object (a local edit);
+- ``edit_latent``: optimise the inverted latent under the CLIP losses + L1, optionally masked (a local edit);
   ``fine_tune_generator``: the same loop on the model's parameters (DiffusionCLIP proper).
 
 The model is any callable ``velocity(x, t)``, the encoders any callables: nothing here knows the
@@ -205,17 +204,14 @@ def _check_edit_args(x_src, direction, txt_tar, steps, t0, lr, iterations, lambd
                      lambda_global, inversion, l1_weight=None) -> None:
     _check_x("x_src", x_src)
     if l1_weight is not None:
-        ok = isinstance(l1_weight, torch.Tensor) and l1_weight.ndim == x_src.ndim
-        try:
-            ok = ok and torch.broadcast_shapes(l1_weight.shape, x_src.shape) == x_src.shape
-        except RuntimeError:
+        try:  # a tensor >= 0 of x_src's rank that broadcasts to it
+            ok = l1_weight.ndim == x_src.ndim and torch.broadcast_shapes(l1_weight.shape, x_src.shape) == x_src.shape
+            ok = ok and bool((l1_weight >= 0).all())
+        except (AttributeError, RuntimeError):
             ok = False
         if not ok:
-            desc = tuple(l1_weight.shape) if isinstance(l1_weight, torch.Tensor) else type(l1_weight).__name__
-            raise ValueError(f"l1_weight must be a tensor that broadcasts to x_src {tuple(x_src.shape)} (e.g. a mask "
-                             f"(N, 1, H, W): 1 where the image must stay, 0 where the edit may act), got {desc}")
-        if not bool((l1_weight >= 0).all()):
-            raise ValueError("l1_weight must be >= 0 everywhere (1 = keep this pixel, 0 = free to edit)")
+            raise ValueError(f"l1_weight must be a tensor >= 0 that broadcasts to x_src {tuple(x_src.shape)} (a mask (N, 1, "
+                             f"H, W): 1 = keep, 0 = free), got {tuple(getattr(l1_weight, 'shape', ())) or type(l1_weight).__name__}")
     _check_steps(steps)
     _check_t("t0", t0)
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
@@ -273,21 +269,18 @@ def _edit_loop(velocity, encode_image, x_src, x_lat, params, direction, txt_tar,
         # L_direction = 1 - cos(E_I(x_gen) - E_I(x_src), Delta T)
         l_dir = (directional_clip_loss(emb_gen, emb_src, direction.to(emb_gen), ref_txt.to(emb_gen))
                  if lambda_dir > 0 else emb_gen.new_zeros(()))
-        # L_L1 = mean |x_gen - x_src|, or mean w |x_gen - x_src| for a local edit (w = 0 on the edited object)
-        l_l1 = (x_gen - x_src).abs() if l1_weight is None else l1_weight.to(x_gen) * (x_gen - x_src).abs()
-        l_l1 = l_l1.mean()
+        # L_L1 = mean w |x_gen - x_src| (w = 1, or 0 on the edited object for a local edit)
+        l_l1 = ((1.0 if l1_weight is None else l1_weight.to(x_gen)) * (x_gen - x_src).abs()).mean()
         # L_global = 1 - cos(E_I(x_gen), E_T(y_tar))
         l_glob = global_clip_loss(emb_gen, txt_tar.to(emb_gen)) if lambda_global > 0 else emb_gen.new_zeros(())
         loss = lambda_dir * l_dir + lambda_l1 * l_l1 + lambda_global * l_glob
         for key, val in zip(history, (loss, l_dir, l_l1, l_glob)):
             history[key].append(float(val.detach()))
-        grads = torch.autograd.grad(loss, params)
-        for p, g in zip(params, grads):
+        for p, g in zip(params, torch.autograd.grad(loss, params)):
             p.grad = g
         opt.step()
     with torch.no_grad():
-        x_edit = generate(velocity, x_lat(), steps, t_start=t0)
-    return x_edit, history
+        return generate(velocity, x_lat(), steps, t_start=t0), history
 
 
 def edit_latent(velocity: Callable, encode_image: Callable, x_src: torch.Tensor,
@@ -320,10 +313,8 @@ def edit_latent(velocity: Callable, encode_image: Callable, x_src: torch.Tensor,
     (x_{t0} = (1 - t0) x_src + t0 noise, drawn from ``generator``, a ``torch.Generator`` or a seed).
     ``x_t0``: a start latent computed elsewhere (e.g. inverted under another condition: a text-to-image
     model inverts with the source prompt), used instead of ``inversion``.
-    ``l1_weight``: a weight broadcastable to ``x_src`` (e.g. a mask (N, 1, H, W)) that turns the identity
-    term into mean w |x_gen - x_src|: 1 where the image must stay, 0 on the object to edit. Delta T is
-    a *global* direction ("bluer"), so the plain loss also moves every other object along it; a mask
-    makes the edit local, as Blended Diffusion (Avrahami et al., CVPR 2022) localises CLIP-guided edits.
+    ``l1_weight`` (e.g. a mask (N, 1, H, W), 0 on the object to edit): L1 = mean w |x_gen - x_src|. Delta T is
+    global ("bluer"); the mask makes the edit local, as Blended Diffusion (Avrahami et al., CVPR 2022) does.
     Returns ``(x_edit (N, ...), history)``: the image of the final latent, and the per-iteration
     terms (before that iteration's update) ``{"loss", "direction", "l1", "global"}``, lists of floats.
     """

@@ -249,7 +249,7 @@ def test_l1_weight_makes_the_edit_local():
     (torch.ones(3, 1, 4, 4), "broadcasts to x_src"),
     (torch.ones(4, 4), "broadcasts to x_src"),
     ([1.0], "broadcasts to x_src"),
-    (-torch.ones(1, 1, 4, 4), ">= 0"),
+    (-torch.ones(1, 1, 4, 4), ">= 0 that broadcasts"),
 ])
 def test_l1_weight_bad_input(weight, match):
     with pytest.raises(ValueError, match=match):
