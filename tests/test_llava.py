@@ -262,6 +262,24 @@ def test_multiple_choice_prompts_use_the_lectures_wording_and_known_words(course
     assert all(any("Options:" in x for x in q) for _, q, _, _ in convs)       # mc_rate 1: one MC turn each
 
 
+def test_balanced_conversations_cover_every_kind_of_the_scene():
+    from course_utils.recipes import llava as R
+
+    scenes = R.scenes_1_to_3("train", 60)
+
+    def covered(convs):
+        hits = []
+        for (i, qs, ans, _), s in zip(convs, scenes, strict=True):
+            kind = {q.question: q.kind for q in s.qa}
+            assert len(qs) == len(ans) == min(5, sum(q.kind in R.QA_KINDS for q in s.qa))
+            hits.append({kind[q] for q in qs} == {q.kind for q in s.qa if q.kind in R.QA_KINDS})
+        return hits
+
+    # five turns, five kinds: round-robin puts one of each kind the scene has; a random subset often misses one
+    assert all(covered(R.conversation_examples(scenes, max_turns=5, mc_rate=0.0, balance_kinds=True)))
+    assert not all(covered(R.conversation_examples(scenes, max_turns=5, mc_rate=0.0)))
+
+
 def test_z_v_is_the_penultimate_clip_layer_without_cls(course_llava):
     from transformers import CLIPVisionModel
 

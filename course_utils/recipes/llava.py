@@ -203,18 +203,35 @@ def mc_examples(scenes, style: str, kinds=QA_KINDS) -> list[tuple[int, str, str,
             if q.kind in kinds]
 
 
-def conversation_examples(scenes, max_turns: int = 6, mc_rate: float = 0.3, kinds=QA_KINDS, seed: int = 0):
+def conversation_examples(scenes, max_turns: int = 6, mc_rate: float = 0.3, kinds=QA_KINDS, seed: int = 0,
+                          balance_kinds: bool = False):
     """Stage-2 data as LLaVA-1.5 trains it: one multi-turn conversation per scene, the image in the first turn
     only. Its open questions of ``kinds`` (shuffled, existence yes/no kept balanced, at most ``max_turns``), and
-    with probability ``mc_rate`` a multiple-choice turn in the naive or the explicit style. Items:
-    ``(scene index, questions tuple, answers tuple, "conversation")`` for ``collate``."""
+    with probability ``mc_rate`` a multiple-choice turn in the naive or the explicit style. ``balance_kinds``:
+    pick the turns round-robin over the kinds (a scene has fewer colour and shape questions than count and
+    existence ones) instead of a random subset. Items: ``(scene index, questions tuple, answers tuple,
+    "conversation")`` for ``collate``."""
     rng = random.Random(seed)
     out = []
     for i, scene in enumerate(scenes):
-        turns = [(q.question, q.answer) for q in scene.qa if q.kind in kinds]
-        rng.shuffle(turns)
-        turns = turns[:max_turns]
-        if rng.random() < mc_rate and scene.multiple_choice:
+        if balance_kinds:
+            by_kind = {}
+            for q in scene.qa:
+                if q.kind in kinds:
+                    by_kind.setdefault(q.kind, []).append((q.question, q.answer))
+            for pool in by_kind.values():
+                rng.shuffle(pool)
+            order = sorted(by_kind)
+            rng.shuffle(order)
+            turns = []
+            while len(turns) < max_turns and any(by_kind.values()):
+                turns += [by_kind[k].pop() for k in order if by_kind[k]][:max_turns - len(turns)]
+            rng.shuffle(turns)
+        else:
+            turns = [(q.question, q.answer) for q in scene.qa if q.kind in kinds]
+            rng.shuffle(turns)
+            turns = turns[:max_turns]
+        if mc_rate and rng.random() < mc_rate and scene.multiple_choice:
             qa, style = rng.choice(scene.multiple_choice), rng.choice(sorted(MC_PROMPTS))
             turns.insert(rng.randrange(len(turns) + 1), (mc_prompt(qa, style), mc_response(qa, style, rng)))
         out.append((i, tuple(q for q, _ in turns), tuple(a for _, a in turns), "conversation"))
