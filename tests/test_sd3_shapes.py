@@ -123,9 +123,9 @@ def test_shipped_pipeline_draws_the_prompt(pipe, judge):
     images = sd3_shapes.generate(pipe, [p for p, _, _ in prompts], steps=20, guidance_scale=4.0, seed=0)
     assert images.shape == (24, 3, 32, 32) and images.dtype == torch.uint8
     res = [judges.judge_single(d, c, s) for d, (_, c, s) in zip(judge.detect(images), prompts)]
-    # measured: colour 24 / 24, shape 18 / 24 (without guidance the shape is right in ~10 / 24)
+    # measured: colour 24 / 24, shape 19 / 24 (without guidance the shape is right in 15 / 24)
     assert sum(r["color"] for r in res) >= 22, res
-    assert sum(r["shape"] for r in res) >= 15, res
+    assert sum(r["shape"] for r in res) >= 17, res
     again = sd3_shapes.generate(pipe, [prompts[0][0]], steps=20, guidance_scale=4.0, seed=0)
     assert torch.equal(again[0], images[0])  # a seed fixes the sample
 
