@@ -93,6 +93,7 @@ def build_model(tokenizer, projector_hidden_act: str = "gelu"):
     clip = CLIPModel.from_pretrained(hub.resolve("course/clip-shapes"))
     lm = LlamaForCausalLM.from_pretrained(hub.resolve("course/llama-tiny"))
     text_config = lm.config
+    text_config._name_or_path = "course/llama-tiny"   # not this machine's folder (it is saved with the model)
     old_vocab = text_config.vocab_size
     text_config.vocab_size = len(tokenizer)
     config = LlavaConfig(vision_config=clip.config.vision_config, text_config=text_config,
