@@ -195,9 +195,10 @@ def train_transformer(pipe, latents: torch.Tensor, prompts: Sequence[Sequence[st
         x_t = (1 - t) x0 + t noise,  t = sigmoid(u), u ~ N(0, 1);   L = || v_theta(x_t, 1000 t, c) - (noise - x0) ||^2
 
     Measured (one-object held-out prompts, 20 steps, guidance 4, 192 samples): 1500 steps of batch 64 (21 min)
-    drew blobs for squares -- shape 0.75 (square 0.31); the same compute as 2800 steps of batch 32 (~20 min at
-    2 threads, 24.6 min at 1 thread beside another run) draws them -- shape 0.84 (square 0.77), colour 0.98:
-    at this stage more updates beat larger batches. An EMA of the weights (decay 0.998) gave the same
+    drew blobs for squares -- shape 0.75 (square 0.31); about the same compute as 2800 steps of batch 32
+    (0.52 s a step alone at 2 threads: 24.4 min; the shipped run took 24.6 min at 1 thread beside another job)
+    draws them -- shape 0.84 (square 0.77), colour 0.98: at this stage more updates beat larger batches. With
+    the VAE (5.6 min) the whole build takes about 30 min. An EMA of the weights (decay 0.998) gave the same
     adherence as the plain weights (shape 0.7604 vs 0.75 in the 1500-step run), so the plain weights ship.
     """
     g = torch.Generator().manual_seed(seed)
