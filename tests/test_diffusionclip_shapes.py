@@ -193,9 +193,34 @@ def test_edit_rejects_bad_input(random_pipe, course_clip):
         dcs.edit(random_pipe, model, tok, mixed)
     with pytest.raises(ValueError, match="localize"):
         dcs.edit(random_pipe, model, tok, cases, method="regenerate", localize=True)
+    with pytest.raises(ValueError, match="'source', 'target' or 'object'"):
+        dcs.edit(random_pipe, model, tok, cases, generate_with="scene")
     with pytest.raises(ValueError, match="x_t0"):
         diffusionclip.edit_latent(lambda x, t: x, lambda x: x.flatten(1), torch.zeros(2, 3), torch.ones(1, 3),
                                   x_t0=torch.zeros(3, 3))
+
+
+def test_generate_with_picks_the_prompts_of_the_generator_and_of_the_global_loss(random_pipe, course_clip, monkeypatch):
+    """Inversion always uses the source captions; the edit generates with the source caption, the target one, or
+    the edited object's alone ("a blue circle": notebook 13's local recipe), and L_global aims at that prompt."""
+    model, tok = course_clip
+    cases = dcs.recolor_scenes(2)            # the second one has a neighbour, named in its captions
+    assert "blue circle" in cases[1].target_prompt and cases[1].target_prompt != "a blue circle"
+    seen = {"velocity": [], "global": []}
+    velocity, encode_texts = dcs.velocity, dcs.encode_texts
+    monkeypatch.setattr(dcs, "velocity", lambda pipe, prompts, **kw: seen["velocity"].append(list(prompts))
+                        or velocity(pipe, prompts, **kw))
+    monkeypatch.setattr(dcs, "encode_texts", lambda m, t, prompts: seen["global"].append(list(prompts))
+                        or encode_texts(m, t, prompts))
+    source = [c.source_prompt for c in cases]
+    for generate_with, want in (("source", source), ("target", [c.target_prompt for c in cases]),
+                                ("object", ["a blue circle", "a blue circle"])):
+        seen["velocity"].clear(), seen["global"].clear()
+        dcs.edit(random_pipe, model, tok, cases, method="latent", iterations=1, steps=1, lambda_global=1.0,
+                 generate_with=generate_with)
+        assert seen["velocity"][0] == source and seen["velocity"][-1] == want
+        # (the other encode_texts calls are Delta T's templates)
+        assert (want if generate_with != "source" else [c.target_prompt for c in cases]) in seen["global"]
 
 
 # ---- end to end on the shipped model ---------------------------------------------------------------------
