@@ -303,15 +303,18 @@ class ShapesData:
                          if q.kind in kinds]
 
     @functools.cached_property
-    def patch_labels(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per image, ``(color, shape)`` class of each patch (row-major), ``0`` = background: the object that covers
-        at least 8 of the patch's 64 pixels (most of them, if two do), as drawn on the canvas the model reads."""
+    def patch_labels(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per image, ``(color, shape, region)`` class of each patch (row-major), ``0`` = background: the object
+        that covers at least 8 of the patch's 64 pixels (most of them, if two do), as drawn on the canvas the model
+        reads; ``region`` is that object's place in the canvas (``shapes.REGIONS``, the "where is ...?" answer),
+        which RoPE-2D alone cannot give a token: it only encodes positions relative to the other patches."""
         import numpy as np
         from PIL import Image
 
         from ..world import shapes
 
         colors, kinds = ["background", *shapes.COLORS], ["background", *shapes.SHAPES]
+        regions = ["background", *(r for row in shapes.REGIONS for r in row)]
         out = []
         for scene, im in zip(self.scenes, self.images):
             h, w = scene.shape_hw
@@ -329,7 +332,8 @@ class ShapesData:
             best[counts.max(-1).values < 8] = 0
             lut_c = torch.tensor([0] + [colors.index(o.color) for o in scene.objects])
             lut_s = torch.tensor([0] + [kinds.index(o.shape) for o in scene.objects])
-            out.append((lut_c[best], lut_s[best]))
+            lut_r = torch.tensor([0] + [regions.index(o.region) for o in scene.objects])
+            out.append((lut_c[best], lut_s[best], lut_r[best]))
         return out
 
     def pixels(self, idx):
@@ -433,8 +437,8 @@ def _run(model, batches, loss_fn, opt, steps: int, warmup: int, name: str, what:
 
 def pretrain_tower(model, data: ShapesData, steps: int, lr: float = 2e-3, batch_size: int = 64, seed: int = 0,
                    log_every: int = 100, log=print) -> list[float]:
-    """Stage 0, the encoder alone from scratch: two linear heads on its last layer name each patch's color and shape
-    (``patch_labels``; cross-entropy), so its tokens carry what is where before the decoder reads them. The heads
+    """Stage 0, the encoder alone from scratch: three linear heads on its last layer name each patch's color, shape
+    and region (``patch_labels``; cross-entropy), so its tokens carry what is where before the decoder reads them. The heads
     are thrown away. (Pixtral's encoder learned from image-text pairs at scale; on a CPU this dense signal from
     Shapes World's ground truth does the same job in minutes; measured in scripts/train_pixtral.py's docstring.)"""
     import random
@@ -446,7 +450,8 @@ def pretrain_tower(model, data: ShapesData, steps: int, lr: float = 2e-3, batch_
     tower = model.model.vision_tower
     width = tower.config.hidden_size
     heads = torch.nn.ModuleDict({"color": torch.nn.Linear(width, len(shapes.COLORS) + 1),
-                                 "shape": torch.nn.Linear(width, len(shapes.SHAPES) + 1)})
+                                 "shape": torch.nn.Linear(width, len(shapes.SHAPES) + 1),
+                                 "region": torch.nn.Linear(width, sum(map(len, shapes.REGIONS)) + 1)})
     trained = torch.nn.ModuleDict({"tower": tower, "heads": heads})
     opt = torch.optim.AdamW(trained.parameters(), lr=lr, weight_decay=0.0)
     labels = data.patch_labels
@@ -458,9 +463,9 @@ def pretrain_tower(model, data: ShapesData, steps: int, lr: float = 2e-3, batch_
     def loss_fn(_, idx):
         pixel_values, image_sizes = data.pixels(idx)
         feats = grouped_tower_forward(tower, pixel_values, image_sizes).last_hidden_state[0]   # (sum n, D), packed
-        color, shape = (torch.cat([labels[i][j] for i in idx]) for j in (0, 1))
-        return (torch.nn.functional.cross_entropy(heads["color"](feats), color)
-                + torch.nn.functional.cross_entropy(heads["shape"](feats), shape))
+        # the sum of three cross-entropies, one per head, over every patch of the batch
+        return sum(torch.nn.functional.cross_entropy(heads[name](feats), torch.cat([labels[i][j] for i in idx]))
+                   for j, name in enumerate(("color", "shape", "region")))
 
     return _run(trained, batches(), loss_fn, opt, steps, min(100, steps // 10), "stage 0 step", "patch loss",
                 log_every, log)
@@ -468,9 +473,10 @@ def pretrain_tower(model, data: ShapesData, steps: int, lr: float = 2e-3, batch_
 
 def train(model, tokenizer, data: ShapesData, steps: int, lr: float = 1e-3, batch_size: int = 48, seed: int = 0,
           warmup: int = 100, log_every: int = 100, log=print, hook=None, hook_every: int = 0,
-          first_kinds: tuple = (), first_steps: int = 0):
-    """Every weight trained (the tower from scratch), AdamW, cosine LR, the loss on the answers only; batches
-    balanced by question kind and mixing all aspect ratios (the tower packs them, no padding tokens).
+          first_kinds: tuple = (), first_steps: int = 0, freeze_tower: bool = False):
+    """AdamW, cosine LR, the loss on the answers only; batches balanced by question kind and mixing all aspect
+    ratios (the tower packs them, no padding tokens). Every weight trains, or, with ``freeze_tower``, the
+    adapter and the decoder only (LLaVA's recipe: the encoder's stage-0 features kept as they are).
 
     ``first_kinds`` / ``first_steps``: a curriculum -- the first steps ask only these kinds. With all kinds from
     the start the decoder first learns each kind's most frequent answer and sits at that plateau (measured: 0.34
@@ -484,6 +490,7 @@ def train(model, tokenizer, data: ShapesData, steps: int, lr: float = 1e-3, batc
     for e in data.examples:
         by_kind.setdefault(e[3], []).append(e)
     kinds = sorted(by_kind)
+    model.model.vision_tower.requires_grad_(not freeze_tower)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     cache: dict = {}
 
