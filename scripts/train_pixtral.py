@@ -16,17 +16,17 @@ fixed-resolution encoder sees). ``--squash 32`` trains the same recipe on squash
     python scripts/train_pixtral.py --squash 32 --baseline-into data/models/pixtral-shapes   # its baseline
 
 Measured here (exact match, 100 held-out questions per kind and canvas, scenes of 1-3 objects; each run at 1
-thread with 2-3 other jobs on the 2 cores, so the minutes are upper bounds):
+thread with 2-3 other jobs on the 2 cores, so these minutes are upper bounds):
   tower trained in stage 2 too, stage 0 without region (800 steps), 5000 steps     0.593 (45.5 min)
-  tower frozen, stage 0 without region (1500 steps), 3000 steps                    0.778; position 0.06-0.39
+  tower frozen, stage 0 without region (1500 steps), 3000 steps                    0.778; position 0.20-0.39
   tower frozen, stage 0 with region, 4000 steps                                    0.911 (17.6 min)
       --squash 32: 0.938 (10.0 min); the native model fed squashed canvases: 0.752
   tower frozen, stage 0 with region, 6000 steps (the defaults, shipped)            0.969 (32.2 min)
       per canvas 32x32 .954  32x64 .972  64x32 .984  48x48 .966; text only 0.243
       the same model fed squashed canvases: 0.816 (32x64 .754, 64x32 .590)
       --squash 32: 0.964 (20.8 min): 32x32 .976  32x64 .942  64x32 .966  48x48 .970
-The 6000-step run's last 1000 steps took 0.22 s each with the cores nearly free, so the defaults take about
-26 min alone (stage 0 ~3.5 min + 6000 x 0.22 s + the measurements).
+Alone (nothing else on the cores), the documented command took 25.8 min wall (25.5 min to train, then the
+measurements and saving) and wrote a model.safetensors bit-identical to the shipped one.
 """
 import argparse
 import contextlib
@@ -61,7 +61,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--packed", action="store_true", help="train with the tower's packed block-diagonal attention "
                     "(transformers' own path; same numbers, ~2x slower here) instead of per-canvas batches")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is faster than 2 here for this small "
+                    "model: stage 0 ran at 5.2 steps/s with 1 thread, 3.5 with 2, the machine otherwise idle)")
     ap.add_argument("--out", default=None, help="folder to save_pretrained the model and processor into")
     ap.add_argument("--baseline-into", default=None, help="with --squash: add this run's report to the native model's "
                     "folder, as 'squashed_baseline' in its training_info.json (the comparison notebook 06 shows)")
